@@ -1,0 +1,97 @@
+"""Who am I in the job: rank, world size, device and process-group backend.
+
+torchrun and torchx's ``dist.ddp`` export RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT. Without them the program is a
+job of one: it still creates a (single-rank) process group, so TorchRec's
+sharding and every collective run the same code path as on a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dlrm_dist.config import DistConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // self.local_world_size)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(cfg: DistConfig, local_rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("dist.device=cuda but CUDA is not available on this host")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def pick_backend(cfg: DistConfig, device: torch.device) -> str:
+    if cfg.backend != "auto":
+        if cfg.backend == "nccl" and device.type != "cuda":
+            raise RuntimeError("dist.backend=nccl needs dist.device=cuda")
+        return cfg.backend
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(cfg: DistConfig) -> DistEnv:
+    """Join (or, alone, create) the default process group and pick the device."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not launched:
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+        )
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    device = pick_device(cfg, local_rank)
+    backend = pick_backend(cfg, device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    env = DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
+    logger.info("rank %d/%d on %s (%s)", rank, world_size, device, backend)
+    return env
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. a run directory name)."""
+    box = [obj if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

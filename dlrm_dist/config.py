@@ -78,6 +78,9 @@ class ModelConfig:
     """Cross layers of DCNv2 (interaction=dcn)."""
     dcn_low_rank_dim: int = 512
     """Rank of each DCNv2 cross layer's weight (interaction=dcn)."""
+    embedding_dtype: Literal["fp32", "fp16"] = "fp32"
+    """Storage type of the embedding rows; fp16 halves the tables (FBGEMM keeps
+    the optimizer state in fp32 either way)."""
 
     def table_sizes(self) -> List[int]:
         if self.num_embeddings_per_feature is not None:

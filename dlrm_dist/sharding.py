@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.types import Stats
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.sharding_plan import (
     column_wise,
@@ -86,10 +87,16 @@ def build_topology(
     )
 
 
-def build_constraints(cfg: ShardingConfig) -> Dict[str, ParameterConstraints]:
-    """Per-table ParameterConstraints: the global lists, overridden per table."""
+def build_constraints(
+    cfg: ShardingConfig, pooling_factors: Optional[List[float]] = None
+) -> Dict[str, ParameterConstraints]:
+    """Per-table ParameterConstraints: the global lists, overridden per table.
+
+    ``pooling_factors`` (ids per sample of each feature, e.g. the DCNv2 multi-hot
+    sizes) tell the planner's estimators how big each table's inputs and outputs
+    are; without them TorchRec assumes one id per sample."""
     constraints = {}
-    for feature in SPARSE_FEATURE_NAMES:
+    for i, feature in enumerate(SPARSE_FEATURE_NAMES):
         table = cfg.tables.get(feature)
         types = (table.sharding_types if table and table.sharding_types else cfg.sharding_types)
         kernels = (table.compute_kernels if table and table.compute_kernels else cfg.compute_kernels)
@@ -99,21 +106,32 @@ def build_constraints(cfg: ShardingConfig) -> Dict[str, ParameterConstraints]:
                     f"sharding: unknown sharding type '{t}' for {feature}; "
                     f"choose from {', '.join(SHARDING_TYPES)}"
                 )
-        if types or kernels:
+        pooling = [float(pooling_factors[i])] if pooling_factors else None
+        if types or kernels or pooling:
             constraints[table_name(feature)] = ParameterConstraints(
-                sharding_types=list(types) or None, compute_kernels=list(kernels) or None
+                sharding_types=list(types) or None,
+                compute_kernels=list(kernels) or None,
+                **({"pooling_factors": pooling} if pooling else {}),
             )
     return constraints
 
 
 def build_planner(
-    cfg: ShardingConfig, topology: Topology, batch_size: int
+    cfg: ShardingConfig,
+    topology: Topology,
+    batch_size: int,
+    stats: Optional[List[Stats]] = None,
+    pooling_factors: Optional[List[float]] = None,
 ) -> EmbeddingShardingPlanner:
+    """The planner training and ``dlrm-dist plan`` share. ``stats`` replaces TorchRec's
+    default EmbeddingStats (the capacity planner collects the chosen ShardingOptions
+    through it); ``pooling_factors`` see :func:`build_constraints`."""
     return EmbeddingShardingPlanner(
         topology=topology,
         batch_size=batch_size,
-        constraints=build_constraints(cfg),
+        constraints=build_constraints(cfg, pooling_factors),
         storage_reservation=HeuristicalStorageReservation(percentage=cfg.storage_reservation),
+        stats=stats,
         debug=True,
     )
 

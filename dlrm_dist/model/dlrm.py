@@ -19,7 +19,7 @@ from typing import List
 
 import torch
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dlrm_dist.config import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES, ModelConfig
@@ -33,6 +33,7 @@ def embedding_bag_configs(cfg: ModelConfig) -> List[EmbeddingBagConfig]:
             embedding_dim=cfg.embedding_dim,
             num_embeddings=rows,
             feature_names=[feature],
+            data_type=DataType.FP16 if cfg.embedding_dtype == "fp16" else DataType.FP32,
         )
         for feature, rows in zip(SPARSE_FEATURE_NAMES, cfg.table_sizes())
     ]

@@ -1,0 +1,404 @@
+"""Where a DLRM job's memory goes, per rank and per host, before it runs.
+
+The embedding tables are the bulk, and TorchRec's ``EmbeddingShardingPlanner``
+already knows where each shard goes and what it costs (its storage and perf
+estimators). :func:`estimate` runs that planner as a dry run, with the same
+``build_topology`` / ``build_planner`` training uses, for clusters this host
+does not have, and adds what the planner does not model per rank: the data-
+parallel MLPs with their DDP gradient buckets and optimizer state, activations
+at the configured batch, data-loader batches and the process itself.
+
+Training calls :func:`check_host_memory` before it allocates anything, so a job
+that cannot fit stops with a message instead of being killed by the OOM killer.
+
+All sizes are bytes; GiB = 2**30, GB = 10**9.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import psutil
+import torch
+from torch import nn
+from torchrec.distributed.planner.shard_estimators import _get_optimizer_multipler
+from torchrec.distributed.planner.types import (
+    PlannerError,
+    ShardingOption,
+    Stats,
+    StorageReservation,
+)
+from torchrec.distributed.sharding_plan import get_default_sharders
+from torchrec.distributed.types import ShardingPlan, StorageUsageType, compute_storage_usage
+
+from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, Config, DataConfig, ModelConfig, OptimizerConfig
+from dlrm_dist.model.dlrm import build_model, dense_parameter_count
+from dlrm_dist.optim import apply_embedding_optimizer
+from dlrm_dist.sharding import build_planner, build_topology
+
+GiB = 1024**3
+GB = 10**9
+FP32 = 4
+
+# ---- documented constants (everything else is computed) ------------------- #
+CPU_PROCESS_BYTES = 400 * 1024**2
+"""RSS of a CPU rank before its tables: 370 MiB measured after importing torch
+2.13 (CPU), fbgemm-gpu-cpu 1.8, torchrec 1.8 and torchmetrics (Python 3.11,
+x86-64), plus ~30 MiB for the gloo process group, DMP bookkeeping and threads."""
+CUDA_PROCESS_HOST_BYTES = int(2.5 * GiB)
+"""Host RSS of a CUDA rank before its data: the CUDA build of torch and fbgemm
+(libtorch_cuda, cuBLAS, cuDNN, NCCL mapped and touched), the CUDA context's host
+side and NCCL's host buffers. Not measured here (no GPU on the dev box): 2-3 GiB
+is what such processes show with lazy module loading; we take 2.5 GiB."""
+CUDA_CONTEXT_HBM_BYTES = 1 * GiB
+"""HBM a rank spends outside tensors: CUDA context (~0.5 GiB), cuBLAS workspace,
+NCCL channel buffers and allocator fragmentation headroom."""
+HOST_BATCHES_IN_FLIGHT = 4
+"""Host batches alive per rank: the one being built, the DataLoader's hand-off,
+and two the TrainPipelineSparseDist has pulled ahead."""
+PINNED_BATCHES = 2
+"""On CUDA the DataLoader pins batches; the caching host allocator keeps ~2 alive."""
+DEVICE_DENSE_BATCHES = 3
+"""Dense features and labels the train pipeline holds on the device (3 stages);
+the KJT side is the planner's own reservation."""
+SYNTHETIC_BYTES_PER_SAMPLE = 1024
+"""Working set of the synthetic teacher per generated sample (float64 counts,
+int64 ids, logits, latent vectors), measured ~1 KiB; it also scores the whole
+validation split once for teacher_val_auc."""
+PREPROCESS_WORKER_BYTES = 512 * 1024**2
+"""RAM of one ``dlrm-dist preprocess`` worker: it parses ~16 MB text blocks
+(--block-mb) into arrays ~10x that size and appends them to the outputs, so it
+holds a few blocks, never a day: ~160 MB of arrays plus an interpreter with numpy
+and pyarrow (~250 MB). Target: under 1 GB per worker."""
+DATASET_ROWS = {
+    # Criteo 1TB: days 0-22 hold 4,195,197,692 training rows; day 23 (178,274,637)
+    # is split into validation and test halves.
+    "criteo_1tb": [4_195_197_692 / 23] * 23 + [178_274_637],
+    # Kaggle Display Advertising Challenge train.txt (one file, 7 days of data).
+    "criteo_kaggle": [45_840_617],
+}
+
+
+@dataclass
+class PreprocessEstimate:
+    dataset: str
+    days: int
+    rows: int
+    bytes_per_row: int
+    disk_bytes: int
+    sparse_id_bytes: int
+    worker_ram_bytes: int = PREPROCESS_WORKER_BYTES
+
+
+def preprocess_estimate(dataset: str, days: int, max_ind_range: int) -> PreprocessEstimate:
+    """Disk for ``days`` days of npy output: per row 13 fp32 dense, 26 ids (int32
+    when every id is < 2^31, else int64) and an int32 label."""
+    per_day = DATASET_ROWS[dataset]
+    if not 1 <= days <= len(per_day):
+        raise ValueError(f"--days: {dataset} has 1 to {len(per_day)} days, got {days}")
+    rows = round(sum(per_day[:days])) if days < len(per_day) else round(sum(per_day))
+    id_bytes = 4 if 0 < max_ind_range <= 2**31 else 8
+    per_row = NUM_DENSE_FEATURES * 4 + NUM_SPARSE_FEATURES * id_bytes + 4
+    return PreprocessEstimate(dataset, days, rows, per_row, rows * per_row, id_bytes)
+
+
+@dataclass
+class TableStats:
+    """What the config declares, independent of the plan."""
+
+    rows: int
+    weight_bytes: int
+    optimizer_bytes: int
+    dense_params: int
+
+
+@dataclass
+class RankMemory:
+    """One rank's bytes by category; ``device`` is HBM (empty on CPU runs)."""
+
+    device: Dict[str, int] = field(default_factory=dict)
+    host: Dict[str, int] = field(default_factory=dict)
+    perf_ms: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def device_total(self) -> int:
+        return sum(self.device.values())
+
+    @property
+    def host_total(self) -> int:
+        return sum(self.host.values())
+
+
+@dataclass
+class PlannerRun:
+    """The planner's answer: the plan, its ShardingOptions, its reservation."""
+
+    plan: Optional[ShardingPlan]
+    options: List[ShardingOption]
+    kjt_bytes: int = 0
+    dense_reserved_bytes: int = 0
+    seconds: float = 0.0
+    error: Optional[str] = None
+
+
+class _CollectPlan(Stats):
+    """A ``Stats`` sink: the planner hands every Stats the chosen ShardingOptions and
+    its storage reservation, which is how we read them without private attributes."""
+
+    def __init__(self) -> None:
+        self.best_plan: List[ShardingOption] = []
+        self.reservation: Optional[StorageReservation] = None
+
+    def log(self, sharding_plan, topology, batch_size, storage_reservation, num_proposals,  # type: ignore[override]
+            num_plans, run_time, best_plan, *args, **kwargs) -> None:
+        self.best_plan = list(best_plan)
+        self.reservation = storage_reservation
+
+
+# ---- the model as the planner sees it -------------------------------------- #
+
+
+def meta_model(model_cfg: ModelConfig, emb_opt: OptimizerConfig) -> nn.Module:
+    """DLRMTrain with tables on the meta device and the fused optimizer declared as
+    training declares it: TorchRec's storage estimator reads the optimizer class
+    from each table's ``_optimizer_classes`` to size its state."""
+    model = build_model(model_cfg, torch.device("cpu"), "meta")
+    apply_embedding_optimizer(model, emb_opt)
+    return model
+
+
+def pooling_factors(data_cfg: DataConfig) -> Optional[List[float]]:
+    """Ids per sample per feature (multi-hot) for the planner's I/O estimates."""
+    return [float(k) for k in data_cfg.multi_hot_sizes] if data_cfg.multi_hot_sizes else None
+
+
+def lookups_per_sample(data_cfg: DataConfig) -> int:
+    return sum(data_cfg.multi_hot_sizes) if data_cfg.multi_hot_sizes else NUM_SPARSE_FEATURES
+
+
+def optimizer_state_bytes(numel: int, optimizer_class: Optional[type], dim: int) -> int:
+    """Optimizer state of ``numel`` table elements. The multiplier is TorchRec's own
+    (Adagrad 1, RowWiseAdagrad 1/dim, Adam 2, SGD 0), but applied to fp32: FBGEMM
+    keeps momentum in fp32 even for fp16 rows, where TorchRec's estimator (which
+    scales the row bytes) counts half of it."""
+    return math.ceil(numel * FP32 * _get_optimizer_multipler(optimizer_class, torch.Size([1, dim])))
+
+
+def table_stats(model: nn.Module) -> TableStats:
+    rows = weight = opt = 0
+    for name, p in model.named_parameters():
+        if "embedding_bag_collection" in name:
+            rows += p.shape[0]
+            weight += p.numel() * p.element_size()
+            cls = getattr(p, "_optimizer_classes", [None])[0]
+            opt += optimizer_state_bytes(p.numel(), cls, p.shape[1])
+    return TableStats(rows, weight, opt, dense_parameter_count(model))
+
+
+def run_planner(
+    cfg: Config, model: nn.Module, world_size: int, local_world_size: int,
+    compute_device: str, hbm_bytes: int, ddr_bytes: int,
+) -> PlannerRun:
+    """TorchRec's planner exactly as training runs it, for a cluster we may not have."""
+    collect = _CollectPlan()
+    topology = build_topology(world_size, local_world_size, compute_device, hbm_bytes, ddr_bytes)
+    planner = build_planner(cfg.sharding, topology, cfg.train.batch_size, stats=[collect],
+                            pooling_factors=pooling_factors(cfg.data))
+    start = time.perf_counter()
+    try:
+        plan = planner.plan(model, get_default_sharders())
+    except PlannerError as e:
+        return PlannerRun(None, [], seconds=time.perf_counter() - start, error=str(e))
+    res = collect.reservation
+    kjt = getattr(res, "_kjt_storage", None)  # set by TorchRec's reservations (stats.py reads them so)
+    dense = getattr(res, "_dense_storage", None)
+    tier = "hbm" if compute_device == "cuda" else "ddr"
+    return PlannerRun(
+        plan, collect.best_plan,
+        kjt_bytes=getattr(kjt, tier, 0) if kjt else 0,
+        dense_reserved_bytes=getattr(dense, tier, 0) if dense else 0,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---- per-rank breakdown ---------------------------------------------------- #
+
+
+def _shard_split(so: ShardingOption, size: List[int], compute_device: str) -> Dict[str, int]:
+    """Split one shard into weights and optimizer state per tier (hbm / ddr), and
+    what TorchRec's storage estimator counts for them (``planner_*``).
+
+    The planner's ``Storage`` lumps rows, optimizer state and I/O buffers; we
+    recompute the first two the way TorchRec's own stats table does, and the
+    caller calls the remainder (input/output buffers, cache bookkeeping) ``io``."""
+    numel = math.prod(size)
+    full = compute_storage_usage(so.tensor, compute_device, so.compute_kernel, StorageUsageType.BASE)
+    w = {t: math.ceil(b * numel / so.tensor.numel()) for t, b in full.items()}
+    cls = getattr(so.tensor, "_optimizer_classes", [None])[0]
+    mult = _get_optimizer_multipler(cls, so.tensor.shape)
+    opt = optimizer_state_bytes(numel, cls, so.tensor.shape[1])
+    out = {"hbm_weights": w.get("hbm", 0), "ddr_weights": w.get("ddr", 0)}
+    out["hbm_optimizer"] = opt if "hbm" in w else 0
+    out["ddr_optimizer"] = opt if "ddr" in w else 0
+    if so.compute_kernel.endswith("uvm_caching"):
+        # An HBM cache of cache_load_factor of the rows; TorchRec also counts
+        # optimizer state for it, though FBGEMM keeps that state in UVM.
+        out["hbm_weights"] = round(out["ddr_weights"] * (so.cache_load_factor or 0.2))
+    if so.sharding_type == "data_parallel":
+        # Replicated tables train under DDP: a full dense gradient the planner ignores.
+        out["hbm_grads (data_parallel)"] = w.get("hbm", 0)
+        out["ddr_grads (data_parallel)"] = w.get("ddr", 0)
+    out["planner_hbm"] = out["hbm_weights"] + math.ceil(out["hbm_weights"] * mult)
+    out["planner_ddr"] = out["ddr_weights"] + math.ceil(out["ddr_weights"] * mult)
+    return out
+
+
+def sparse_by_rank(options: List[ShardingOption], world_size: int, compute_device: str) -> List[RankMemory]:
+    """Embedding bytes and the planner's perf estimate (ms) per rank."""
+    ranks = [RankMemory() for _ in range(world_size)]
+    for so in options:
+        for shard in so.shards:
+            part = _shard_split(so, shard.size, compute_device)
+            st, r = shard.storage, ranks[shard.rank]
+            part["hbm_io"] = max(0, st.hbm - part.pop("planner_hbm"))
+            part["ddr_io"] = max(0, st.ddr - part.pop("planner_ddr"))
+            for k, v in part.items():
+                tier, what = k.split("_", 1)
+                dest = r.device if tier == "hbm" else r.host
+                label = "embedding " + what + (" (UVM)" if tier == "ddr" and compute_device == "cuda" else "")
+                if v or not what.startswith("grads"):
+                    dest[label] = dest.get(label, 0) + v
+            p = shard.perf
+            for k in ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "prefetch_compute"):
+                r.perf_ms[k] = r.perf_ms.get(k, 0.0) + getattr(p, k)
+    return ranks
+
+
+def dense_bytes(model: nn.Module, dense_opt: OptimizerConfig) -> Dict[str, int]:
+    """The data-parallel MLPs: fp32 params, one gradient copy (DMP's DDP uses
+    gradient_as_bucket_view, so grads live in the buckets), optimizer state.
+    Hand-written because TorchRec's reservation uses a flat 6x heuristic."""
+    params = dense_parameter_count(model) * FP32
+    mult = {"sgd": 1.0 if dense_opt.momentum else 0.0, "adagrad": 1.0, "adam": 2.0}.get(dense_opt.name, 1.0)
+    return {"dense params": params, "dense grads (DDP buckets)": params,
+            "dense optimizer": int(params * mult)}
+
+
+def activation_bytes(model_cfg: ModelConfig, batch_size: int) -> int:
+    """fp32 forward activations autograd keeps for backward, plus the backward's
+    working set (two of the widest activation). Hand-written: TorchRec's planner
+    leaves activations to its percentage reserve."""
+    f, d = NUM_SPARSE_FEATURES, model_cfg.embedding_dim
+    bottom = NUM_DENSE_FEATURES + sum(model_cfg.bottom_mlp)
+    if model_cfg.interaction == "dot":
+        pairs = f * (f + 1) // 2
+        inter_in = (f + 1) * d  # pooled embeddings + bottom output, concatenated
+        interaction = inter_in + (f + 1) ** 2 + pairs + (d + pairs)
+        top_in = d + pairs
+    else:
+        top_in = (f + 1) * d
+        layer = model_cfg.dcn_low_rank_dim + 3 * top_in  # V x, U V x, x0 * (.), sum
+        interaction = top_in + model_cfg.dcn_num_layers * layer
+    top = top_in + sum(model_cfg.top_mlp)
+    widest = max([top_in, (f + 1) * d] + model_cfg.bottom_mlp + model_cfg.top_mlp)
+    return FP32 * batch_size * (bottom + interaction + top + 2 * widest)
+
+
+def batch_bytes(data_cfg: DataConfig, batch_size: int) -> int:
+    """One host batch: fp32 dense, int64 ids, int32 lengths, fp32 labels."""
+    return batch_size * (NUM_DENSE_FEATURES * 4 + lookups_per_sample(data_cfg) * 8 + NUM_SPARSE_FEATURES * 4 + 4)
+
+
+def loader_host_bytes(data_cfg: DataConfig, batch_size: int, compute_device: str) -> int:
+    """Data-loader RAM per rank: batches in flight, pinned copies, generation."""
+    n = HOST_BATCHES_IN_FLIGHT + (PINNED_BATCHES if compute_device == "cuda" else 0)
+    total = n * batch_bytes(data_cfg, batch_size)
+    if data_cfg.source == "synthetic":
+        total += SYNTHETIC_BYTES_PER_SAMPLE * (max(batch_size, 4096) + data_cfg.val_samples)
+    return total
+
+
+def rank_memory(
+    cfg: Config, model: nn.Module, run: PlannerRun, world_size: int, compute_device: str
+) -> List[RankMemory]:
+    """Every rank's full breakdown: the planner's sparse part plus the rest."""
+    ranks = sparse_by_rank(run.options, world_size, compute_device)
+    b = cfg.train.batch_size
+    for r in ranks:
+        rest = dense_bytes(model, cfg.optim.dense)
+        rest["activations"] = activation_bytes(cfg.model, b)
+        rest["input batches"] = run.kjt_bytes + DEVICE_DENSE_BATCHES * b * (NUM_DENSE_FEATURES + 1) * FP32
+        if compute_device == "cuda":
+            r.device.update(rest)
+            r.device["CUDA context + workspaces"] = CUDA_CONTEXT_HBM_BYTES
+            r.host["process (CUDA torch + torchrec)"] = CUDA_PROCESS_HOST_BYTES
+        else:
+            r.host.update(rest)
+            r.host["process (torch + torchrec)"] = CPU_PROCESS_BYTES
+        r.host["data loader"] = loader_host_bytes(cfg.data, b, compute_device)
+    return ranks
+
+
+# ---- the host-memory check training runs at start-up ----------------------- #
+
+
+def default_capacity(cfg: Config, local_world_size: int, compute_device: str) -> tuple[int, int]:
+    """(HBM, DDR) per rank as training's ``sharding.detect_capacity`` sees them."""
+    s = cfg.sharding
+    if s.hbm_gb is not None:
+        hbm = int(s.hbm_gb * GiB)
+    elif compute_device == "cuda" and torch.cuda.is_available():
+        hbm = torch.cuda.get_device_properties(0).total_memory
+    else:
+        hbm = 80 * GiB if compute_device == "cuda" else 0
+    ddr = int(s.ddr_gb * GiB) if s.ddr_gb is not None else psutil.virtual_memory().total // max(1, local_world_size)
+    return hbm, ddr
+
+
+def host_memory_by_rank(cfg: Config, world_size: int, local_world_size: int, compute_device: str) -> List[int]:
+    """Host bytes each rank's process will hold. When the planner finds no plan
+    (it will not fit anyway), tables are split evenly so the check can still say
+    by how much."""
+    model = meta_model(cfg.model, cfg.optim.embedding)
+    hbm, ddr = default_capacity(cfg, local_world_size, compute_device)
+    run = run_planner(cfg, model, world_size, local_world_size, compute_device, hbm, ddr)
+    ranks = rank_memory(cfg, model, run, world_size, compute_device)
+    if run.error is not None and compute_device == "cpu":
+        stats = table_stats(model)
+        for r in ranks:
+            r.host["embedding weights"] = stats.weight_bytes // world_size
+            r.host["embedding optimizer"] = stats.optimizer_bytes // world_size
+    return [r.host_total for r in ranks]
+
+
+def host_memory_per_rank(cfg: Config, world_size: int, local_world_size: int, compute_device: str) -> int:
+    """Bytes the fullest rank's process will hold on its host."""
+    return max(host_memory_by_rank(cfg, world_size, local_world_size, compute_device))
+
+
+def check_host_memory(
+    cfg: Config, world_size: int, local_world_size: int, compute_device: str,
+    available_bytes: Optional[int] = None,
+) -> None:
+    """Raise before allocating when this host cannot hold its ranks.
+
+    Needed is the fullest host's ranks (contiguous blocks of ``local_world_size``
+    ranks) under the plan TorchRec's planner makes for this world size."""
+    per_rank = host_memory_by_rank(cfg, world_size, local_world_size, compute_device)
+    hosts = [per_rank[i:i + local_world_size] for i in range(0, world_size, local_world_size)]
+    needed = max(sum(h) for h in hosts)
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    if needed <= available:
+        return
+    raise RuntimeError(
+        f"not enough host memory: {local_world_size} rank(s) on this host need "
+        f"{needed / GiB:.2f} GiB ({max(per_rank) / GiB:.2f} GiB for the fullest rank) but "
+        f"{available / GiB:.2f} GiB is available. Lower model.num_embeddings / "
+        f"num_embeddings_per_feature or model.embedding_dim, use "
+        f"optim.embedding.name=rowwise_adagrad (or sgd), lower train.batch_size, run "
+        f"fewer ranks per host or more hosts; `dlrm-dist plan` shows where memory goes. "
+        f"dist.check_host_memory=false skips this check."
+    )

@@ -1,0 +1,326 @@
+"""``dlrm-dist plan``: will this job fit, where does memory go, what to change if not.
+
+    dlrm-dist plan --config FILE --nodes N --gpus-per-node G [--hbm-gb H]
+        [--host-ram-gb R] [--device cuda|cpu] [--json] [--min-gpus]
+        [--dataset criteo_1tb|criteo_kaggle] [--days D] [section.key=value ...]
+
+It runs TorchRec's sharding planner as a dry run for the cluster described (on
+any host: the model is on the meta device), then adds up per rank and per host
+what the planner does not model (see ``dlrm_dist.capacity``). Capacities are
+GiB (2**30 bytes), like ``sharding.hbm_gb``: pass what nvidia-smi / free show.
+
+The job fits when the planner finds a plan, every rank's HBM total is within
+--hbm-gb and every host's RAM total within --host-ram-gb. If it does not fit,
+single changes are tried in order and the first that fits is reported: more
+GPUs, UVM caching, RowWiseAdagrad, fp16 tables, smaller tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from dlrm_dist import capacity as cap
+from torch import nn
+
+from dlrm_dist.config import Config, ConfigError, load_config
+from dlrm_dist.plan_report import format_report
+
+GiB = cap.GiB
+MAX_GPUS = 512
+
+
+@dataclass
+class Estimate:
+    """Everything ``dlrm-dist plan`` reports; ``--json`` prints it as is (bytes, ms)."""
+
+    config: str
+    overrides: List[str]
+    nodes: int
+    gpus_per_node: int
+    world_size: int
+    compute_device: str
+    hbm_per_rank: int
+    host_ram_per_node: int
+    ddr_per_rank: int
+    batch_size: int
+    global_batch_size: int
+    embedding_optimizer: str
+    embedding_dtype: str
+    embedding_dim: int
+    tables: Dict[str, int]
+    planner: Dict[str, object]
+    plan: List[Dict[str, object]]
+    ranks: List[Dict[str, Dict[str, float]]]
+    hosts: List[Dict[str, int]]
+    step_ms: Optional[float]
+    samples_per_s_per_gpu: Optional[float]
+    preprocess: Dict[str, object]
+    floor: Dict[str, int]
+    """What a rank's device and a host need before any table: no table change helps below it."""
+    fits: bool
+    reasons: List[str] = field(default_factory=list)
+    remedy: Optional[Dict[str, object]] = None
+    sweep: List[Dict[str, object]] = field(default_factory=list)
+
+
+def _plan_rows(run: cap.PlannerRun) -> List[Dict[str, object]]:
+    rows = []
+    for so in run.options:
+        rows.append({
+            "table": so.name, "rows": int(so.tensor.shape[0]), "dim": int(so.tensor.shape[1]),
+            "sharding_type": so.sharding_type, "compute_kernel": so.compute_kernel,
+            "ranks": sorted({int(s.rank) for s in so.shards}),
+        })
+    return sorted(rows, key=lambda r: int(str(r["table"]).rsplit("_", 1)[-1]))
+
+
+def _hosts(ranks: List[cap.RankMemory], gpus_per_node: int) -> List[Dict[str, int]]:
+    """Per host: its ranks' host memory summed by category."""
+    hosts = []
+    for start in range(0, len(ranks), gpus_per_node):
+        h: Dict[str, int] = {}
+        for r in ranks[start:start + gpus_per_node]:
+            for k, v in r.host.items():
+                h[k] = h.get(k, 0) + v
+        hosts.append(h)
+    return hosts
+
+
+def _floor(cfg: Config, model: nn.Module, device: str, gpus_per_node: int) -> Dict[str, int]:
+    """A rank without tables: the dense part, activations, batches, the process."""
+    bare = cap.rank_memory(cfg, model, cap.PlannerRun(None, []), 1, device)[0]
+    return {"device": bare.device_total, "host_per_node": bare.host_total * gpus_per_node}
+
+
+def _verdict(est: Estimate, ranks: List[cap.RankMemory]) -> List[str]:
+    """Why it does not fit; empty when it does."""
+    reasons = []
+    if est.planner["error"]:
+        lines = [ln.strip().rstrip(",)") for ln in str(est.planner["error"]).strip().splitlines()]
+        detail = [ln for ln in lines if ln.startswith("Global storage")]  # available vs required
+        reasons.append("TorchRec's planner found no plan: " + "; ".join([lines[0][:200]] + detail))
+    if ranks and est.compute_device == "cuda":
+        r = max(range(len(ranks)), key=lambda i: ranks[i].device_total)
+        if ranks[r].device_total > est.hbm_per_rank:
+            reasons.append(f"rank {r} needs {ranks[r].device_total / GiB:.2f} GiB of HBM, "
+                           f"has {est.hbm_per_rank / GiB:.2f} GiB")
+    if est.hosts:
+        h = max(range(len(est.hosts)), key=lambda i: sum(est.hosts[i].values()))
+        need = sum(est.hosts[h].values())
+        if need > est.host_ram_per_node:
+            reasons.append(f"host {h} needs {need / GiB:.2f} GiB of RAM, has {est.host_ram_per_node / GiB:.2f} GiB")
+    return reasons
+
+
+def estimate(args: argparse.Namespace, overrides: List[str], nodes: int) -> Estimate:
+    """Plan one cluster size and add everything up."""
+    cfg = load_config(args.config, overrides)
+    g, world = args.gpus_per_node, nodes * args.gpus_per_node
+    hbm = int(args.hbm_gb * GiB) if args.device == "cuda" else 0
+    host_ram = int(args.host_ram_gb * GiB)
+    ddr = host_ram // g
+    model = cap.meta_model(cfg.model, cfg.optim.embedding)
+    stats = cap.table_stats(model)
+    run = cap.run_planner(cfg, model, world, g, args.device, hbm, ddr)
+    ranks = cap.rank_memory(cfg, model, run, world, args.device) if run.error is None else []
+    slowest = max((sum(r.perf_ms.values()) for r in ranks), default=None)
+    dataset = args.dataset or ("criteo_1tb" if max(cfg.model.table_sizes()) > 10_131_227 else "criteo_kaggle")
+    days = args.days or len(cap.DATASET_ROWS[dataset])
+    pre = cap.preprocess_estimate(dataset, days, max(cfg.model.table_sizes()))
+    est = Estimate(
+        config=args.config, overrides=overrides, nodes=nodes, gpus_per_node=g, world_size=world,
+        compute_device=args.device, hbm_per_rank=hbm, host_ram_per_node=host_ram, ddr_per_rank=ddr,
+        batch_size=cfg.train.batch_size, global_batch_size=cfg.train.batch_size * world,
+        embedding_optimizer=cfg.optim.embedding.name, embedding_dtype=cfg.model.embedding_dtype,
+        embedding_dim=cfg.model.embedding_dim,
+        tables={"count": len(cfg.model.table_sizes()), "rows": stats.rows, "weight_bytes": stats.weight_bytes,
+                "optimizer_bytes": stats.optimizer_bytes, "dense_params": stats.dense_params},
+        planner={"seconds": round(run.seconds, 2), "error": run.error, "kjt_bytes": run.kjt_bytes,
+                 "dense_reserved_bytes": run.dense_reserved_bytes,
+                 "reserved_fraction": cfg.sharding.storage_reservation},
+        plan=_plan_rows(run),
+        ranks=[{"device": r.device, "host": r.host, "perf_ms": r.perf_ms} for r in ranks],
+        hosts=_hosts(ranks, g),
+        step_ms=slowest,
+        samples_per_s_per_gpu=(cfg.train.batch_size / (slowest / 1000.0)) if slowest else None,
+        preprocess=dataclasses.asdict(pre) | {"inferred": args.dataset is None},
+        floor=_floor(cfg, model, args.device, g),
+        fits=False,
+    )
+    est.reasons = _verdict(est, ranks)
+    est.fits = not est.reasons
+    return est
+
+
+# ---- searching for a configuration that fits ------------------------------ #
+
+
+def smallest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> Optional[int]:
+    """Smallest n in [lo, hi] with fits(n), assuming more is never worse: doubling
+    steps up, then bisection back, so 512 GPUs cost a handful of planner runs."""
+    last_bad, n = lo - 1, lo
+    while not fits(n):
+        last_bad = n
+        if n >= hi:
+            return None
+        n = min(hi, n * 2)
+    while n - last_bad > 1:
+        mid = (n + last_bad) // 2
+        if fits(mid):
+            n = mid
+        else:
+            last_bad = mid
+    return n
+
+
+def _node_search(args: argparse.Namespace, overrides: List[str], lo: int,
+                 sweep: List[Dict[str, object]]) -> Optional[Estimate]:
+    """The smallest node count from ``lo`` (up to MAX_GPUS) that fits, recording each try."""
+    seen: Dict[int, Estimate] = {}
+
+    def fits(nodes: int) -> bool:
+        if nodes not in seen:
+            seen[nodes] = estimate(args, overrides, nodes)
+            e = seen[nodes]
+            sweep.append({"nodes": nodes, "gpus": e.world_size, "fits": e.fits, "reasons": e.reasons})
+        return seen[nodes].fits
+
+    hi = max(lo, MAX_GPUS // args.gpus_per_node)
+    best = smallest_fitting(fits, lo, hi)
+    return seen[best] if best is not None else None
+
+
+def _table_caps(overrides: List[str], args: argparse.Namespace) -> List[List[str]]:
+    """Overrides capping every table at half, a quarter ... of the largest (>= 1M rows)."""
+    sizes = load_config(args.config, overrides).model.table_sizes()
+    out, limit = [], max(sizes) // 2
+    while limit >= 1_000_000:
+        capped = [min(s, limit) for s in sizes]
+        out.append([f"model.num_embeddings_per_feature=[{','.join(map(str, capped))}]"])
+        limit //= 2
+    return out
+
+
+def _remedies(args: argparse.Namespace, overrides: List[str]) -> List[tuple[str, List[List[str]]]]:
+    """The single changes to try, in order, each as candidate override lists."""
+    cfg = load_config(args.config, overrides)
+    kernels = cfg.sharding.compute_kernels
+    out: List[tuple[str, List[List[str]]]] = []
+    if args.device == "cuda" and kernels and "fused_uvm_caching" not in kernels:
+        out.append(("UVM caching: tables that do not fit in HBM live in host RAM with an HBM cache",
+                    [["sharding.compute_kernels=[" + ",".join(dict.fromkeys(kernels + ["fused_uvm_caching"])) + "]"]]))
+    if cfg.optim.embedding.name in ("adagrad", "adam"):
+        out.append(("RowWiseAdagrad: one optimizer float per row instead of per element",
+                    [["optim.embedding.name=rowwise_adagrad"]]))
+    if cfg.model.embedding_dtype == "fp32":
+        out.append(("fp16 tables: half the row bytes (optimizer state stays fp32)",
+                    [["model.embedding_dtype=fp16"]]))
+    out.append(("smaller tables: a lower --max-ind-range at preprocessing (costs accuracy)",
+                _table_caps(overrides, args)))
+    return out
+
+
+def find_remedy(args: argparse.Namespace, est: Estimate) -> Optional[Dict[str, object]]:
+    """The first single change (in the documented order) that makes the job fit."""
+    sweep: List[Dict[str, object]] = []
+    if est.floor["device"] > est.hbm_per_rank and args.device == "cuda" or est.floor["host_per_node"] > est.host_ram_per_node:
+        return None  # not even a rank without tables fits: no table change helps
+    lo = max(est.nodes + 1, lower_bound_nodes(args))
+    if lo * args.gpus_per_node <= MAX_GPUS:
+        more = _node_search(args, args.overrides, lo, sweep)
+        if more is not None:
+            return {"change": "more GPUs", "nodes": more.nodes, "gpus": more.world_size,
+                    "overrides": [], "summary": f"{more.nodes} nodes x {args.gpus_per_node} GPUs "
+                    f"= {more.world_size} GPUs"}
+    for what, candidates in _remedies(args, args.overrides):
+        for extra in candidates:
+            e = estimate(args, args.overrides + extra, est.nodes)
+            if e.fits:
+                return {"change": what, "nodes": est.nodes, "gpus": est.world_size, "overrides": extra,
+                        "summary": " ".join(extra)}
+    return None
+
+
+# ---- the command ------------------------------------------------------------ #
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dlrm-dist plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (model, optim, train.batch_size, sharding)")
+    p.add_argument("--nodes", type=int, default=1, help="hosts in the job")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="ranks per host (GPUs, or processes with --device cpu)")
+    p.add_argument("--hbm-gb", type=float, default=80.0, help="HBM per GPU, GiB (default 80)")
+    p.add_argument("--host-ram-gb", type=float, default=1024.0, help="RAM per host, GiB (default 1024)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="compute device of the ranks")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes, ms)")
+    p.add_argument("--min-gpus", action="store_true", help="find the smallest GPU count (multiple of --gpus-per-node) that fits")
+    p.add_argument("--dataset", choices=sorted(cap.DATASET_ROWS), help="for the preprocessing estimate (default: from table sizes)")
+    p.add_argument("--days", type=int, default=0, help="days to preprocess (default: all)")
+    p.add_argument("--verbose", action="store_true", help="keep TorchRec's planner logs")
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    args = p.parse_args(argv)
+    if args.nodes < 1 or args.gpus_per_node < 1 or args.hbm_gb < 0 or args.host_ram_gb <= 0:
+        p.error("--nodes and --gpus-per-node must be >= 1, --hbm-gb >= 0, --host-ram-gb > 0")
+    return args
+
+
+def _quiet(verbose: bool) -> None:
+    """TorchRec warns on every dry run (a Topology built directly, the heuristic
+    reservation); they say nothing about this job, so hide them unless asked."""
+    if not verbose:
+        logging.getLogger("torchrec").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def lower_bound_nodes(args: argparse.Namespace) -> int:
+    """Nodes below which the tables and their optimizer state cannot fit even if
+    every byte of HBM and host RAM held them: where the --min-gpus sweep starts."""
+    cfg = load_config(args.config, args.overrides)
+    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding))
+    per_rank = args.host_ram_gb * GiB / args.gpus_per_node
+    if args.device == "cuda":
+        per_rank += args.hbm_gb * GiB * (1 - cfg.sharding.storage_reservation)
+    sparse = stats.weight_bytes + stats.optimizer_bytes
+    return max(1, math.ceil(sparse / (per_rank * args.gpus_per_node)))
+
+
+def run(args: argparse.Namespace) -> Estimate:
+    if args.min_gpus:
+        sweep: List[Dict[str, object]] = []
+        lo = lower_bound_nodes(args)
+        best = _node_search(args, args.overrides, lo, sweep)
+        est = best if best is not None else estimate(args, args.overrides, math.ceil(MAX_GPUS / args.gpus_per_node))
+        est.sweep = sorted(sweep, key=lambda s: int(s["nodes"]))  # type: ignore[arg-type]
+        return est
+    est = estimate(args, args.overrides, args.nodes)
+    if not est.fits:
+        est.remedy = find_remedy(args, est)
+    return est
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    _quiet(args.verbose)
+    try:
+        est = run(args)
+    except (ConfigError, ValueError) as e:
+        print(f"dlrm-dist plan: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(dataclasses.asdict(est), indent=1))
+    else:
+        print(format_report(est))
+    return 0 if est.fits else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

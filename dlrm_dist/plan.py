@@ -104,8 +104,9 @@ def _verdict(est: Estimate, ranks: List[cap.RankMemory]) -> List[str]:
     """Why it does not fit; empty when it does."""
     reasons = []
     if est.planner["error"]:
-        lines = [ln.strip().rstrip(",)") for ln in str(est.planner["error"]).strip().splitlines()]
-        detail = [ln for ln in lines if ln.startswith("Global storage")]  # available vs required
+        lines = [ln.strip().rstrip(",") for ln in str(est.planner["error"]).strip().splitlines()]
+        detail = [ln[:-1] if ln.count(")") > ln.count("(") else ln  # TorchRec's text closes a list here
+                  for ln in lines if ln.startswith("Global storage ")]  # available vs required
         reasons.append("TorchRec's planner found no plan: " + "; ".join([lines[0][:200]] + detail))
     if ranks and est.compute_device == "cuda":
         r = max(range(len(ranks)), key=lambda i: ranks[i].device_total)

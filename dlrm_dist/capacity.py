@@ -64,6 +64,8 @@ PINNED_BATCHES = 2
 DEVICE_DENSE_BATCHES = 3
 """Dense features and labels the train pipeline holds on the device (3 stages);
 the KJT side is the planner's own reservation."""
+RANDOM_CACHED_BATCHES = 3 * 10
+"""data.source=random: each split's RandomRecDataset cycles through 10 cached batches."""
 SYNTHETIC_BYTES_PER_SAMPLE = 1024
 """Working set of the synthetic teacher per generated sample (float64 counts,
 int64 ids, logits, latent vectors), measured ~1 KiB; it also scores the whole
@@ -318,6 +320,8 @@ def loader_host_bytes(data_cfg: DataConfig, batch_size: int, compute_device: str
     total = n * batch_bytes(data_cfg, batch_size)
     if data_cfg.source == "synthetic":
         total += SYNTHETIC_BYTES_PER_SAMPLE * (max(batch_size, 4096) + data_cfg.val_samples)
+    elif data_cfg.source == "random":
+        total += RANDOM_CACHED_BATCHES * batch_bytes(data_cfg, batch_size)
     return total
 
 

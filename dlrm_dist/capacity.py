@@ -34,7 +34,10 @@ from torchrec.distributed.planner.types import (
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ShardingPlan, StorageUsageType, compute_storage_usage
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, Config, DataConfig, ModelConfig, OptimizerConfig
+from dlrm_dist.config import (
+    NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, Config, DataConfig, MetricsConfig, ModelConfig, OptimizerConfig,
+)
+from dlrm_dist.criteo_facts import DATASET_ROWS, infer_dataset
 from dlrm_dist.model.dlrm import build_model, dense_parameter_count
 from dlrm_dist.optim import apply_embedding_optimizer
 from dlrm_dist.sharding import build_planner, build_topology
@@ -70,41 +73,20 @@ SYNTHETIC_BYTES_PER_SAMPLE = 1024
 """Working set of the synthetic teacher per generated sample (float64 counts,
 int64 ids, logits, latent vectors), measured ~1 KiB; it also scores the whole
 validation split once for teacher_val_auc."""
-PREPROCESS_WORKER_BYTES = 512 * 1024**2
-"""RAM of one ``dlrm-dist preprocess`` worker: it parses ~16 MB text blocks
-(--block-mb) into arrays ~10x that size and appends them to the outputs, so it
-holds a few blocks, never a day: ~160 MB of arrays plus an interpreter with numpy
-and pyarrow (~250 MB). Target: under 1 GB per worker."""
-DATASET_ROWS = {
-    # Criteo 1TB: days 0-22 hold 4,195,197,692 training rows; day 23 (178,274,637)
-    # is split into validation and test halves.
-    "criteo_1tb": [4_195_197_692 / 23] * 23 + [178_274_637],
-    # Kaggle Display Advertising Challenge train.txt (one file, 7 days of data).
-    "criteo_kaggle": [45_840_617],
-}
+def eval_samples(data_cfg: DataConfig, table_sizes: List[int]) -> int:
+    """Samples in the validation split: the first half of the last day for Criteo."""
+    if data_cfg.source != "criteo":
+        return data_cfg.val_samples
+    return round(DATASET_ROWS[infer_dataset(table_sizes)][-1] / 2)
 
 
-@dataclass
-class PreprocessEstimate:
-    dataset: str
-    days: int
-    rows: int
-    bytes_per_row: int
-    disk_bytes: int
-    sparse_id_bytes: int
-    worker_ram_bytes: int = PREPROCESS_WORKER_BYTES
-
-
-def preprocess_estimate(dataset: str, days: int, max_ind_range: int) -> PreprocessEstimate:
-    """Disk for ``days`` days of npy output: per row 13 fp32 dense, 26 ids (int32
-    when every id is < 2^31, else int64) and an int32 label."""
-    per_day = DATASET_ROWS[dataset]
-    if not 1 <= days <= len(per_day):
-        raise ValueError(f"--days: {dataset} has 1 to {len(per_day)} days, got {days}")
-    rows = round(sum(per_day[:days])) if days < len(per_day) else round(sum(per_day))
-    id_bytes = 4 if 0 < max_ind_range <= 2**31 else 8
-    per_row = NUM_DENSE_FEATURES * 4 + NUM_SPARSE_FEATURES * id_bytes + 4
-    return PreprocessEstimate(dataset, days, rows, per_row, rows * per_row, id_bytes)
+def eval_metric_bytes(metrics_cfg: MetricsConfig, samples: int) -> int:
+    """torchmetrics' AUROC state: exact (thresholds=0) keeps every prediction (fp32)
+    and label (int64), all-gathered to every rank and concatenated; binned keeps a
+    (thresholds, 2, 2) int64 confusion matrix."""
+    if metrics_cfg.auroc_thresholds:
+        return metrics_cfg.auroc_thresholds * 4 * 8
+    return 2 * samples * (4 + 8)
 
 
 @dataclass
@@ -335,6 +317,7 @@ def rank_memory(
         rest = dense_bytes(model, cfg.optim.dense)
         rest["activations"] = activation_bytes(cfg.model, b)
         rest["input batches"] = run.kjt_bytes + DEVICE_DENSE_BATCHES * b * (NUM_DENSE_FEATURES + 1) * FP32
+        rest["eval metric state"] = eval_metric_bytes(cfg.metrics, eval_samples(cfg.data, cfg.model.table_sizes()))
         if compute_device == "cuda":
             r.device.update(rest)
             r.device["CUDA context + workspaces"] = CUDA_CONTEXT_HBM_BYTES

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from dlrm_dist import capacity as cap
+from dlrm_dist import criteo_facts as facts
 from torch import nn
 
 from dlrm_dist.config import Config, ConfigError, load_config
@@ -133,9 +134,9 @@ def estimate(args: argparse.Namespace, overrides: List[str], nodes: int) -> Esti
     run = cap.run_planner(cfg, model, world, g, args.device, hbm, ddr)
     ranks = cap.rank_memory(cfg, model, run, world, args.device) if run.error is None else []
     slowest = max((sum(r.perf_ms.values()) for r in ranks), default=None)
-    dataset = args.dataset or ("criteo_1tb" if max(cfg.model.table_sizes()) > 10_131_227 else "criteo_kaggle")
-    days = args.days or len(cap.DATASET_ROWS[dataset])
-    pre = cap.preprocess_estimate(dataset, days, max(cfg.model.table_sizes()))
+    dataset = args.dataset or facts.infer_dataset(cfg.model.table_sizes())
+    days = args.days or len(facts.DATASET_ROWS[dataset])
+    pre = facts.preprocess_estimate(dataset, days, max(cfg.model.table_sizes()))
     est = Estimate(
         config=args.config, overrides=overrides, nodes=nodes, gpus_per_node=g, world_size=world,
         compute_device=args.device, hbm_per_rank=hbm, host_ram_per_node=host_ram, ddr_per_rank=ddr,
@@ -263,7 +264,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="compute device of the ranks")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes, ms)")
     p.add_argument("--min-gpus", action="store_true", help="find the smallest GPU count (multiple of --gpus-per-node) that fits")
-    p.add_argument("--dataset", choices=sorted(cap.DATASET_ROWS), help="for the preprocessing estimate (default: from table sizes)")
+    p.add_argument("--dataset", choices=sorted(facts.DATASET_ROWS), help="for the preprocessing estimate (default: from table sizes)")
     p.add_argument("--days", type=int, default=0, help="days to preprocess (default: all)")
     p.add_argument("--verbose", action="store_true", help="keep TorchRec's planner logs")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")

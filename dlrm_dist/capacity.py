@@ -40,7 +40,7 @@ from dlrm_dist.config import (
 from dlrm_dist.criteo_facts import DATASET_ROWS, infer_dataset
 from dlrm_dist.model.dlrm import build_model, dense_parameter_count
 from dlrm_dist.optim import apply_embedding_optimizer
-from dlrm_dist.sharding import build_planner, build_topology
+from dlrm_dist.sharding import build_planner, build_topology, input_pooling_factors
 
 GiB = 1024**3
 GB = 10**9
@@ -154,11 +154,6 @@ def meta_model(model_cfg: ModelConfig, emb_opt: OptimizerConfig) -> nn.Module:
     return model
 
 
-def pooling_factors(data_cfg: DataConfig) -> Optional[List[float]]:
-    """Ids per sample per feature (multi-hot) for the planner's I/O estimates."""
-    return [float(k) for k in data_cfg.multi_hot_sizes] if data_cfg.multi_hot_sizes else None
-
-
 def lookups_per_sample(data_cfg: DataConfig) -> int:
     return sum(data_cfg.multi_hot_sizes) if data_cfg.multi_hot_sizes else NUM_SPARSE_FEATURES
 
@@ -190,7 +185,7 @@ def run_planner(
     collect = _CollectPlan()
     topology = build_topology(world_size, local_world_size, compute_device, hbm_bytes, ddr_bytes)
     planner = build_planner(cfg.sharding, topology, cfg.train.batch_size, stats=[collect],
-                            pooling_factors=pooling_factors(cfg.data))
+                            pooling_factors=input_pooling_factors(cfg.data))
     start = time.perf_counter()
     try:
         plan = planner.plan(model, get_default_sharders())

@@ -37,7 +37,7 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 
-from dlrm_dist.config import SPARSE_FEATURE_NAMES, ShardingConfig
+from dlrm_dist.config import SPARSE_FEATURE_NAMES, DataConfig, ShardingConfig
 from dlrm_dist.distributed import DistEnv
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,12 @@ def build_topology(
         hbm_cap=hbm_bytes,
         ddr_cap=ddr_bytes,
     )
+
+
+def input_pooling_factors(cfg: DataConfig) -> Optional[List[float]]:
+    """Ids per sample of each feature when the data is multi-hot (DLRM-DCNv2), for
+    the planner's input / output size estimates; None (one id each) otherwise."""
+    return [float(k) for k in cfg.multi_hot_sizes] if cfg.multi_hot_sizes else None
 
 
 def build_constraints(
@@ -168,9 +174,14 @@ def manual_plan(
 
 
 def build_plan(
-    model: nn.Module, cfg: ShardingConfig, env: DistEnv, batch_size: int
+    model: nn.Module,
+    cfg: ShardingConfig,
+    env: DistEnv,
+    batch_size: int,
+    pooling_factors: Optional[List[float]] = None,
 ) -> ShardingPlan:
-    """Run TorchRec's planner on rank 0 and share its plan with every rank."""
+    """Run TorchRec's planner on rank 0 and share its plan with every rank
+    (``pooling_factors``: see :func:`input_pooling_factors`)."""
     sharders = get_default_sharders()
     pinned = set(_pinned_types(cfg).values())
     if env.device.type == "cpu" and pinned - CPU_PLANNER_TYPES:
@@ -178,7 +189,7 @@ def build_plan(
         return manual_plan(model, cfg, env, sharders)
     hbm, ddr = detect_capacity(env, cfg)
     topology = build_topology(env.world_size, env.local_world_size, env.device.type, hbm, ddr)
-    planner = build_planner(cfg, topology, batch_size)
+    planner = build_planner(cfg, topology, batch_size, pooling_factors=pooling_factors)
     return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
 
 

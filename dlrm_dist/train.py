@@ -68,7 +68,7 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     from dlrm_dist.metrics import MetricsSink
     from dlrm_dist.model import build_model
     from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
-    from dlrm_dist.sharding import build_plan, describe_plan, shard_model
+    from dlrm_dist.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
     from dlrm_dist.trainer import Trainer, log_summary
 
     env = init_distributed(cfg.dist)
@@ -80,7 +80,7 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
     model = build_model(cfg.model, env.device)
     apply_embedding_optimizer(model, cfg.optim.embedding)
-    plan = build_plan(model, cfg.sharding, env, cfg.train.batch_size)
+    plan = build_plan(model, cfg.sharding, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
     if env.is_main:
         (run_dir / "plan.txt").write_text(describe_plan(plan))
         logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])

@@ -4,7 +4,8 @@ within 25% of the peak RSS the trainer measures (``summary.json``'s
 from ~60 MB to ~3.3 GB with their Adagrad state, one process and two ranks.
 
 Each run is a real ``python -m dlrm_dist.train`` subprocess of 10 steps on
-random data (cheap to generate, so the tables' memory is what varies).
+random data (cheap to generate, so the tables' memory is what varies), and the
+sharding plan it wrote must be the one the capacity planner predicted from.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from dlrm_dist import capacity as cap
 from dlrm_dist.config import load_config
+from dlrm_dist.sharding import describe_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "smoke.yaml"
@@ -62,3 +64,8 @@ def test_predicted_host_memory_matches_peak_rss(case: str, tmp_path: Path) -> No
     assert len(measured) == ranks
     for p, m in zip(predicted, measured):
         assert abs(p - m) <= TOLERANCE * m, (case, p, m)
+    # ... and it predicted from the very plan the trainer made.
+    model = cap.meta_model(cfg.model, cfg.optim.embedding)
+    run = cap.run_planner(cfg, model, ranks, ranks, "cpu", *cap.default_capacity(cfg, ranks, "cpu"))
+    trained_plan = (tmp_path / case / "plan.txt").read_text()
+    assert trained_plan.split("\n\n")[0] == describe_plan(run.plan).split("\n\n")[0]

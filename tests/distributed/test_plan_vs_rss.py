@@ -11,8 +11,6 @@ sharding plan it wrote must be the one the capacity planner predicted from.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import List
@@ -22,8 +20,8 @@ import pytest
 from dlrm_dist import capacity as cap
 from dlrm_dist.config import load_config
 from dlrm_dist.sharding import describe_plan
+from tests.conftest import ROOT, run_cmd
 
-ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "smoke.yaml"
 TOLERANCE = 0.25
 COMMON = ["train.max_steps=10", "data.source=random", "data.val_samples=4096",
@@ -44,9 +42,7 @@ def train(run_dir: Path, overrides: List[str], ranks: int) -> dict:
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc-per-node={ranks}", "-m", "dlrm_dist.train"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(launcher + ["--config", str(CONFIG), "--run-dir", str(run_dir)] + overrides,
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_cmd(launcher + ["--config", str(CONFIG), "--run-dir", str(run_dir)] + overrides, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -12,7 +12,9 @@ GiB (2**30 bytes), like ``sharding.hbm_gb``: pass what nvidia-smi / free show.
 The job fits when the planner finds a plan, every rank's HBM total is within
 --hbm-gb and every host's RAM total within --host-ram-gb. If it does not fit,
 single changes are tried in order and the first that fits is reported: more
-GPUs, UVM caching, RowWiseAdagrad, fp16 tables, smaller tables.
+GPUs, UVM caching, RowWiseAdagrad, fp16 tables, smaller tables. Exit code 0
+when it fits, 1 when it does not, 2 on a bad config. docs/planning.md explains
+how to read the report.
 """
 
 from __future__ import annotations
@@ -255,7 +257,8 @@ def find_remedy(args: argparse.Namespace, est: Estimate) -> Optional[Dict[str, o
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dlrm-dist plan", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dlrm-dist plan", description=__doc__.split("\n\n")[0],
+                                epilog="Exit code 0: fits; 1: does not fit; 2: bad config. See docs/planning.md.")
     p.add_argument("--config", required=True, help="YAML config (model, optim, train.batch_size, sharding)")
     p.add_argument("--nodes", type=int, default=1, help="hosts in the job")
     p.add_argument("--gpus-per-node", type=int, default=8, help="ranks per host (GPUs, or processes with --device cpu)")

@@ -233,3 +233,10 @@ def test_every_shipped_config_plans(cfgs: dict) -> None:
     for path in shipped:
         est = run_plan(["--config", str(path), "--gpus-per-node", "8", "--hbm-gb", "80", "--host-ram-gb", "1024"])
         assert est.planner["error"] is None, (path, est.reasons)
+
+
+def test_planner_places_fp16_tables_at_half_the_bytes(cfgs: dict) -> None:
+    args = ["--config", cfgs["tiny"], "--device", "cpu", "--gpus-per-node", "2", "--host-ram-gb", "16"]
+    fp32, fp16 = run_plan(args), run_plan(args + ["model.embedding_dtype=fp16"])
+    assert fp16.fits and summed(fp16, "host", "embedding weights") * 2 == summed(fp32, "host", "embedding weights")
+    assert summed(fp16, "host", "embedding optimizer") == summed(fp32, "host", "embedding optimizer")

@@ -91,6 +91,14 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     return box[0]
 
 
+def first_error(message: str, env: DistEnv) -> str:
+    """Every rank learns whether any rank hit a problem (``message`` non-empty), so
+    all stop together instead of the others hanging in the next collective."""
+    messages = [None] * env.world_size
+    dist.all_gather_object(messages, message)
+    return next((m for m in messages if m), "")
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -60,6 +60,22 @@ def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv") -> Path:
     return run_dir
 
 
+def check_memory(cfg: Config, env: "DistEnv") -> None:
+    """One rank per host compares the plan's host-memory need with what is free."""
+    from dlrm_dist.capacity import check_host_memory
+    from dlrm_dist.distributed import first_error
+
+    problem = ""
+    if env.local_rank == 0:
+        try:
+            check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
+        except RuntimeError as e:
+            problem = str(e)
+    problem = first_error(problem, env)
+    if problem:
+        raise SystemExit(f"dlrm-dist train: error: {problem}")
+
+
 def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     import torch
 
@@ -76,6 +92,9 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     run_dir = make_run_dir(run_dir_arg, config_path, env)
     if env.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    if cfg.dist.check_host_memory:  # stop now, not when the OOM killer strikes an hour in
+        check_memory(cfg, env)
 
     torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
     model = build_model(cfg.model, env.device)

@@ -78,3 +78,17 @@ def test_single_process_without_a_launcher(tmp_path: Path):
     summary = _check_run_dir(run_dir)
     assert summary["world_size"] == 1 and summary["steps"] == 30
     assert 0.4 < summary["val_auc"] < 0.6, "random labels cannot be learned"
+
+
+def test_refuses_to_start_when_the_host_lacks_memory(tmp_path: Path):
+    """26 tables x 40M rows x 128 fp32 = 532 GB: stop at start-up with a clear message,
+    not an hour later at the hands of the OOM killer."""
+    run_dir = tmp_path / "huge"
+    proc = run_cmd(
+        [sys.executable, "-m", "dlrm_dist.train", "--config", "configs/smoke.yaml", "--run-dir", str(run_dir),
+         "model.num_embeddings=40000000", "model.embedding_dim=128", "model.bottom_mlp=[64,128]"],
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert "not enough host memory" in proc.stderr and "GiB" in proc.stderr
+    assert not (run_dir / "summary.json").exists()

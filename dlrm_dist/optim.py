@@ -5,14 +5,17 @@ kernels, via ``apply_optimizer_in_backward``): the gradient of a 40M-row table
 is never materialised, only the rows a batch touched are updated. This must be
 declared *before* DistributedModelParallel shards the model, since the sharder
 reads it to pick the fused kernel. The dense parameters (DDP-replicated MLPs)
-get an ordinary torch optimizer. Both are combined so the train pipeline sees
+get an ordinary torch optimizer, and so do data_parallel tables (TorchRec's
+unfused dense kernel), with the embedding optimizer's settings when
+``build_optimizer`` is given them. All are combined so the train pipeline sees
 one optimizer, and one LambdaLR schedule (MLPerf's warm-up then polynomial
 decay) drives both.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple, Type
+import warnings
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -46,12 +49,38 @@ def apply_embedding_optimizer(model: nn.Module, cfg: OptimizerConfig) -> None:
     apply_optimizer_in_backward(cls, ebc.parameters(), kwargs)
 
 
-def build_optimizer(dmp: nn.Module, cfg: OptimizerConfig) -> CombinedOptimizer:
-    """The sharded model's fused embedding optimizer plus a dense optimizer."""
+def build_optimizer(
+    dmp: nn.Module, cfg: OptimizerConfig, embedding: Optional[OptimizerConfig] = None
+) -> CombinedOptimizer:
+    """The sharded model's fused embedding optimizer plus a dense optimizer.
+
+    data_parallel tables use TorchRec's dense kernel: they are not fused, so
+    ``apply_embedding_optimizer`` does not reach them and their (DDP-averaged)
+    gradients wait in ``.grad`` like the MLPs'. Pass ``embedding`` (the
+    ``optim.embedding`` section) to train them with the embedding optimizer; without
+    it they fall to the dense optimizer and its hyperparameters.
+    """
     cls, kwargs = _optimizer_class(cfg, DENSE_OPTIMIZERS, "optim.dense")
-    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    dense = KeyedOptimizerWrapper(dense_params, lambda params: cls(params, **kwargs))
-    return CombinedOptimizer([("embedding", dmp.fused_optimizer), ("dense", dense)])
+    unfused = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    ebc = dmp.module.model.sparse_arch.embedding_bag_collection  # DMP.module: unwrapped of DDP
+    table_ids = {id(p) for p in ebc.parameters()}
+    dp_tables = {n: p for n, p in unfused.items() if id(p) in table_ids}
+    optimizers = [("embedding", dmp.fused_optimizer)]
+    if dp_tables and embedding is not None:
+        emb_cls, emb_kwargs = _optimizer_class(embedding, EMBEDDING_OPTIMIZERS, "optim.embedding")
+        dp = KeyedOptimizerWrapper(dp_tables, lambda params: emb_cls(params, **emb_kwargs))
+        optimizers.append(("embedding_dp", dp))
+        unfused = {n: p for n, p in unfused.items() if n not in dp_tables}
+    elif dp_tables:
+        warnings.warn(
+            f"{len(dp_tables)} data_parallel tables are trained by the dense optimizer "
+            f"({cfg.name}, lr {cfg.lr:g}); pass build_optimizer(..., embedding=optim.embedding) "
+            "to train them with the embedding optimizer",
+            stacklevel=2,
+        )
+    dense = KeyedOptimizerWrapper(unfused, lambda params: cls(params, **kwargs))
+    optimizers.append(("dense", dense))
+    return CombinedOptimizer(optimizers)
 
 
 def lr_factor(cfg: ScheduleConfig) -> Callable[[int], float]:

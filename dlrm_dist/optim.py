@@ -14,8 +14,7 @@ decay) drives both.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Tuple, Type
 
 import torch
 from torch import nn
@@ -49,37 +48,25 @@ def apply_embedding_optimizer(model: nn.Module, cfg: OptimizerConfig) -> None:
     apply_optimizer_in_backward(cls, ebc.parameters(), kwargs)
 
 
-def build_optimizer(
-    dmp: nn.Module, cfg: OptimizerConfig, embedding: Optional[OptimizerConfig] = None
-) -> CombinedOptimizer:
+def build_optimizer(dmp: nn.Module, dense: OptimizerConfig, embedding: OptimizerConfig) -> CombinedOptimizer:
     """The sharded model's fused embedding optimizer plus a dense optimizer.
 
     data_parallel tables use TorchRec's dense kernel: they are not fused, so
     ``apply_embedding_optimizer`` does not reach them and their (DDP-averaged)
-    gradients wait in ``.grad`` like the MLPs'. Pass ``embedding`` (the
-    ``optim.embedding`` section) to train them with the embedding optimizer; without
-    it they fall to the dense optimizer and its hyperparameters.
+    gradients wait in ``.grad`` like the MLPs'. They get the embedding optimizer's
+    settings here, in a part of their own (``embedding_dp``).
     """
-    cls, kwargs = _optimizer_class(cfg, DENSE_OPTIMIZERS, "optim.dense")
+    dense_cls, dense_kwargs = _optimizer_class(dense, DENSE_OPTIMIZERS, "optim.dense")
     unfused = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     ebc = dmp.module.model.sparse_arch.embedding_bag_collection  # DMP.module: unwrapped of DDP
     table_ids = {id(p) for p in ebc.parameters()}
     dp_tables = {n: p for n, p in unfused.items() if id(p) in table_ids}
     optimizers = [("embedding", dmp.fused_optimizer)]
-    if dp_tables and embedding is not None:
+    if dp_tables:
         emb_cls, emb_kwargs = _optimizer_class(embedding, EMBEDDING_OPTIMIZERS, "optim.embedding")
-        dp = KeyedOptimizerWrapper(dp_tables, lambda params: emb_cls(params, **emb_kwargs))
-        optimizers.append(("embedding_dp", dp))
-        unfused = {n: p for n, p in unfused.items() if n not in dp_tables}
-    elif dp_tables:
-        warnings.warn(
-            f"{len(dp_tables)} data_parallel tables are trained by the dense optimizer "
-            f"({cfg.name}, lr {cfg.lr:g}); pass build_optimizer(..., embedding=optim.embedding) "
-            "to train them with the embedding optimizer",
-            stacklevel=2,
-        )
-    dense = KeyedOptimizerWrapper(unfused, lambda params: cls(params, **kwargs))
-    optimizers.append(("dense", dense))
+        optimizers.append(("embedding_dp", KeyedOptimizerWrapper(dp_tables, lambda ps: emb_cls(ps, **emb_kwargs))))
+    mlp = {n: p for n, p in unfused.items() if n not in dp_tables}
+    optimizers.append(("dense", KeyedOptimizerWrapper(mlp, lambda ps: dense_cls(ps, **dense_kwargs))))
     return CombinedOptimizer(optimizers)
 
 

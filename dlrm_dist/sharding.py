@@ -16,7 +16,7 @@ never disagree about memory.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import psutil
 import torch
@@ -35,7 +35,7 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES, DataConfig, ShardingConfig
 from dlrm_dist.distributed import DistEnv
@@ -145,7 +145,7 @@ def _pinned_types(cfg: ShardingConfig) -> Dict[str, str]:
 
 
 def manual_plan(
-    model: nn.Module, cfg: ShardingConfig, env: DistEnv, sharders: List[ModuleSharder]
+    model: nn.Module, cfg: ShardingConfig, env: DistEnv
 ) -> ShardingPlan:
     """A plan built by hand for CPU runs that pin a type the CPU planner refuses
     (row_wise, table_row_wise): every table gets its pinned type, others table_wise
@@ -186,7 +186,7 @@ def build_plan(
     pinned = set(_pinned_types(cfg).values())
     if env.device.type == "cpu" and pinned - CPU_PLANNER_TYPES:
         logger.info("CPU run pins %s: building the plan by hand", sorted(pinned - CPU_PLANNER_TYPES))
-        return manual_plan(model, cfg, env, sharders)
+        return manual_plan(model, cfg, env)
     hbm, ddr = detect_capacity(env, cfg)
     topology = build_topology(env.world_size, env.local_world_size, env.device.type, hbm, ddr)
     planner = build_planner(cfg, topology, batch_size, pooling_factors=pooling_factors)

@@ -104,7 +104,7 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
         (run_dir / "plan.txt").write_text(describe_plan(plan))
         logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])
     dmp = shard_model(model, plan, env)
-    optimizer = build_optimizer(dmp, cfg.optim.dense)
+    optimizer = build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.optim.schedule)
 
     data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)

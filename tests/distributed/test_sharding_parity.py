@@ -369,7 +369,7 @@ def parity_worker(case: Case) -> None:
     dmp = shard_model(model, plan, env)
     load_full_state(dmp, initial)
     assert_pieces_cover(dmp, world)
-    optimizer = build_optimizer(dmp, DENSE_OPTIMIZER, embedding=embedding_cfg)
+    optimizer = build_optimizer(dmp, DENSE_OPTIMIZER, embedding_cfg)
     assert_optimizer_split(optimizer)
 
     rows = rank_slice(rank)

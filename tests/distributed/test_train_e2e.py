@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 from dlrm_dist.config import load_config
 from tests.conftest import run_cmd

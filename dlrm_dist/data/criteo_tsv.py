@@ -140,8 +140,9 @@ def _modulo(values: np.ndarray, max_ind_range: Optional[int]) -> np.ndarray:
 
 
 def _read_table(block: bytes) -> pa.Table:
-    types = {name: pa.int64() for name in COLUMN_NAMES[: 1 + NUM_DENSE_FEATURES]}
-    types.update({name: pa.binary() for name in COLUMN_NAMES[1 + NUM_DENSE_FEATURES:]})
+    """Tokenise the block into 40 binary columns. Integers are converted afterwards
+    (``_int_column``): pyarrow's CSV integer conversion with null detection was ~25%
+    slower than tokenising as binary and casting."""
     try:
         return pacsv.read_csv(
             pa.py_buffer(block),
@@ -149,9 +150,19 @@ def _read_table(block: bytes) -> pa.Table:
                                            block_size=max(len(block) + 1, 1 << 20)),
             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
                                               double_quote=False, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""],
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in COLUMN_NAMES},
                                                  strings_can_be_null=False, check_utf8=False),
         ).combine_chunks()
+    except pa.ArrowInvalid as e:
+        raise BlockInvalid(str(e)) from None
+
+
+def _int_column(arr: pa.Array, empty_is_zero: bool = True) -> np.ndarray:
+    """Decimal strings -> int64 (empty -> 0 unless it is an error)."""
+    if empty_is_zero:  # "" -> "0"; the view is zero-copy, and safe: the block is ASCII
+        arr = pc.utf8_lpad(arr.view(pa.string()), width=1, padding="0")
+    try:
+        return pc.cast(arr, pa.int64()).to_numpy()
     except pa.ArrowInvalid as e:
         raise BlockInvalid(str(e)) from None
 
@@ -171,12 +182,12 @@ def parse_block(block: bytes, spec: ParseSpec, num_lines: Optional[int] = None) 
     table = _read_table(block)
     if table.num_rows != (count_lines(block) if num_lines is None else num_lines):
         raise BlockInvalid("row count differs from line count (empty line or bare CR)")
-    label_col = table.column(0).chunk(0)
-    labels = label_col.to_numpy(zero_copy_only=False)
-    if label_col.null_count or labels.min() < 0 or labels.max() > 1:
+    labels = _int_column(table.column(0).chunk(0), empty_is_zero=False)
+    if labels.min() < 0 or labels.max() > 1:
         raise BlockInvalid("a label is not 0 or 1")
-    dense = np.column_stack([pc.fill_null(table.column(j).chunk(0), 0).to_numpy()
-                             for j in range(1, 1 + NUM_DENSE_FEATURES)])
+    dense = np.empty((table.num_rows, NUM_DENSE_FEATURES), dtype=np.int64)
+    for j in range(NUM_DENSE_FEATURES):
+        dense[:, j] = _int_column(table.column(1 + j).chunk(0))
     sparse = np.empty((table.num_rows, NUM_SPARSE_FEATURES), dtype=spec.sparse_dtype)
     for f in range(NUM_SPARSE_FEATURES):
         values = _hex_column(table.column(1 + NUM_DENSE_FEATURES + f).chunk(0))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,6 +65,45 @@ class NpyStreamWriter:
         """Close and delete the partial file."""
         self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+class WriteBehind:
+    """Appends to several writers from one background thread, one block behind the
+    caller: writing block k overlaps parsing block k+1 (file writes release the GIL).
+    At most one block is in flight, so memory stays bounded."""
+
+    def __init__(self, writers: Sequence[NpyStreamWriter]) -> None:
+        self.writers = list(writers)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._pending: Optional[Future] = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a write error here
+
+    def append(self, blocks: Sequence[np.ndarray]) -> None:
+        self._wait()
+        self._pending = self._pool.submit(lambda: [w.append(b) for w, b in zip(self.writers, blocks)])
+
+    def close(self) -> List[int]:
+        """Finish writing; close each writer (see NpyStreamWriter.close); rows of each."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+        return [w.close() for w in self.writers]
+
+    def abort(self) -> None:
+        """Stop and delete every partial file."""
+        try:
+            self._wait()
+        except Exception:
+            pass  # the write error is not the one being reported
+        finally:
+            self._pool.shutdown()
+            for w in self.writers:
+                w.abort()
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,7 @@ Output per day ``i`` (the layout TorchRec's ``BinaryCriteoUtils`` /
 ``day_{i}_labels.npy`` int32 (N, 1); plus ``manifest.json``.
 
 How it stays fast and bounded: each day is one pass over its raw file in
-blocks of ~16 MB (parsed by ``criteo_tsv``) whose arrays are appended to the
+blocks of ~4 MB (parsed by ``criteo_tsv``) whose arrays are appended to the
 outputs at once, so a worker holds a few blocks, never a day.
 
 How it is resumable and atomic: a day is written under hidden ``.partial``
@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 from dlrm_dist.data.criteo_tsv import BadLine, ParseSpec, parse_block_tolerant
-from dlrm_dist.data.npy_stream import NpyStreamWriter, sha256_file
-from dlrm_dist.data.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, split_kaggle
+from dlrm_dist.data.npy_stream import NpyStreamWriter, WriteBehind, sha256_file
+from dlrm_dist.data.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, prefetch, split_kaggle
 
 KINDS = ("dense", "sparse", "labels")
 MAX_BAD_LINE_EXAMPLES = 20
@@ -66,7 +66,7 @@ class Settings:
     transform: str = "log1p"
     max_ind_range: Optional[int] = None
     on_bad_line: str = "error"
-    block_bytes: int = 16 << 20
+    block_bytes: int = 4 << 20
     block_delay_s: float = 0.0
     """Test hook: sleep after each block, so a test can kill a run mid-day."""
 
@@ -100,22 +100,20 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def _convert(task: DayTask, writers: Dict[str, NpyStreamWriter],
-             progress: Callable[[int], None]) -> Tuple[int, List[BadLine]]:
+def _convert(task: DayTask, out: WriteBehind, progress: Callable[[int], None]) -> Tuple[int, List[BadLine]]:
     """Stream the day's blocks into the writers; returns (bad lines, first examples)."""
     s = task.settings
     spec = ParseSpec(s.transform, s.max_ind_range)
     skipped, examples = 0, []
-    for first_line, num_lines, block in iter_blocks(task.source, s.block_bytes):
+    for first_line, num_lines, block in prefetch(iter_blocks(task.source, s.block_bytes)):
         parsed, bad = parse_block_tolerant(block, first_line, spec, num_lines)
         if bad and s.on_bad_line == "error":
             raise BadLineError(f"{task.source.path}, line {bad[0].line}: {bad[0].reason} "
                                "(--on-bad-line skip skips and counts such lines)")
         skipped += len(bad)
         examples.extend(bad[: MAX_BAD_LINE_EXAMPLES - len(examples)])
-        for kind, arr in zip(KINDS, parsed):
-            writers[kind].append(arr)
-        progress(len(parsed.labels) + len(bad))
+        out.append(parsed)
+        progress(num_lines)
         if s.block_delay_s:
             time.sleep(s.block_delay_s)
     return skipped, examples
@@ -127,13 +125,12 @@ def preprocess_day(task: DayTask, progress: Callable[[int], None]) -> Tuple[dict
     dtypes = {"dense": "float32", "sparse": ParseSpec(max_ind_range=task.settings.max_ind_range).sparse_dtype,
               "labels": "int32"}
     ncols = {"dense": NUM_DENSE_FEATURES, "sparse": NUM_SPARSE_FEATURES, "labels": 1}
-    writers = {k: NpyStreamWriter(task.partial(k), dtypes[k], ncols[k]) for k in KINDS}
+    out = WriteBehind([NpyStreamWriter(task.partial(k), dtypes[k], ncols[k]) for k in KINDS])
     try:
-        skipped, examples = _convert(task, writers, progress)
-        rows = [writers[k].close() for k in KINDS][0]
+        skipped, examples = _convert(task, out, progress)
+        rows = out.close()[0]
     except BaseException:
-        for w in writers.values():
-            w.abort()
+        out.abort()
         raise
     files = {}
     for k in KINDS:
@@ -234,7 +231,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="log1p: log(1+max(x,0)) (default); log_plus3: log(max(x+3,1)), MLPerf-era")
     p.add_argument("--verify", action="store_true", help="recheck sha256 of finished days before skipping them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--block-mb", type=float, default=16.0, help="raw text parsed per block (memory ~10x this)")
+    p.add_argument("--block-mb", type=float, default=4.0, help="raw text parsed per block (RSS ~100 MB + 15x this)")
     p.add_argument("--block-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.max_ind_range is not None and args.max_ind_range <= 0:

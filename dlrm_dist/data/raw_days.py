@@ -13,14 +13,17 @@ can name the exact line.
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
+T = TypeVar("T")
 KAGGLE_DAYS = 7
 _SCAN_BYTES = 64 << 20
 _MAX_LINE_BLOCKS = 16  # a "line" longer than 16 blocks means the file is not TSV text
@@ -149,15 +152,53 @@ def iter_blocks(src: DaySource, block_bytes: int) -> Iterator[Tuple[int, int, by
                 if carry:
                     yield line, 1, carry  # the file's last line, without a newline
                 return
-            buf = carry + chunk
-            cut = buf.rfind(b"\n") + 1
+            cut = chunk.rfind(b"\n") + 1
             if cut == 0:
-                if len(buf) > _MAX_LINE_BLOCKS * block_bytes:
-                    raise InputError(f"{src.path}, line {line}: longer than {len(buf)} bytes "
+                carry += chunk
+                if len(carry) > _MAX_LINE_BLOCKS * block_bytes:
+                    raise InputError(f"{src.path}, line {line}: longer than {len(carry)} bytes "
                                      "without a newline; is this a Criteo TSV file?")
-                carry = buf
                 continue
-            block, carry = buf[:cut], buf[cut:]
+            block, carry = b"".join((carry, memoryview(chunk)[:cut])), chunk[cut:]  # one copy
             lines = block.count(b"\n")
             yield line, lines, block
             line += lines
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a thread up to ``depth`` ahead: reading (and gunzipping) the
+    next block overlaps parsing this one; both release the GIL. Memory stays bounded."""
+    q: "queue.Queue[object]" = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()

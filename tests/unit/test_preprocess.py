@@ -238,3 +238,18 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_preprocess(tmp_path / "empty", tmp_path / "npy") == 1
     assert "no day_0" in capsys.readouterr().err
+
+
+def test_log1p_transform_is_exactly_the_float64_log_rounded_once():
+    raw = np.concatenate([np.arange(-3, 70_000), np.random.default_rng(0).integers(0, 2**40, 5000)])
+    raw = np.resize(raw, (len(raw) // 13, 13))
+    np.testing.assert_array_equal(dense_transform(raw), np.log1p(np.maximum(raw, 0)).astype(np.float32))
+
+
+def test_binary_garbage_is_refused_with_a_message(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "day_0").write_bytes(bytes(range(256)).replace(b"\n", b"") * 200)  # 51 KB, no newline
+    assert run_preprocess(raw, tmp_path / "npy", "--block-mb", "0.001") == 1
+    err = capsys.readouterr().err
+    assert "line 1: longer than" in err and "Criteo TSV" in err and "Traceback" not in err

@@ -32,9 +32,9 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 from typing import Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
@@ -71,10 +71,10 @@ class Settings:
     """Test hook: sleep after each block, so a test can kill a run mid-day."""
 
     def recorded(self) -> Dict[str, object]:
-        """The settings that determine the output (a changed one means: redo the day)."""
+        """The settings that determine the output (a changed one means: redo the day).
+        ``on_bad_line`` is not one of them: see ``load_done_marker``."""
         return {"dataset": self.dataset, "dense_transform": self.transform,
-                "max_ind_range": self.max_ind_range, "on_bad_line": self.on_bad_line,
-                "version": tool_version()}
+                "max_ind_range": self.max_ind_range, "version": tool_version()}
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def preprocess_day(task: DayTask, progress: Callable[[int], None]) -> Tuple[dict
                     "sha256": sha256_file(task.partial(k)), "dtype": str(dtypes[k]), "shape": [rows, ncols[k]]}
     for k in KINDS:
         os.replace(task.partial(k), task.final(k))
-    marker = {"day": task.source.day, "rows": rows, "skipped_lines": skipped,
+    marker = {"day": task.source.day, "rows": rows, "skipped_lines": skipped, "on_bad_line": task.settings.on_bad_line,
               "bad_line_examples": [{"line": b.line, "reason": b.reason} for b in examples],
               "files": files, "settings": task.settings.recorded(), "source": task.source.identity()}
     write_json_atomic(task.marker, marker)
@@ -146,12 +146,18 @@ def preprocess_day(task: DayTask, progress: Callable[[int], None]) -> Tuple[dict
 
 
 def load_done_marker(task: DayTask, verify: bool = False) -> Optional[dict]:
-    """The day's marker if its outputs are complete and match the current settings and input."""
+    """The day's marker if its outputs are complete and match the current settings and input.
+
+    A day finished without bad lines is reused whatever ``--on-bad-line`` says now (the
+    usual rerun after a bad line stopped a run is with ``skip``: the days before it stand);
+    a day that skipped lines is redone under ``error``, which must then stop there."""
     try:
         marker = json.loads(task.marker.read_text())
     except (OSError, ValueError):
         return None
     if marker.get("settings") != task.settings.recorded() or marker.get("source") != task.source.identity():
+        return None
+    if marker.get("skipped_lines") and task.settings.on_bad_line == "error":
         return None
     for kind in KINDS:
         path, meta = task.final(kind), marker["files"][kind]
@@ -211,8 +217,8 @@ def build_manifest(settings: Settings, input_path: str, markers: List[dict]) -> 
         "num_days": len(markers), "total_rows": sum(m["rows"] for m in markers),
         "rows_per_day": [m["rows"] for m in markers],
         "skipped_lines_per_day": [m["skipped_lines"] for m in markers],
-        "days": [{k: m[k] for k in ("day", "rows", "skipped_lines", "bad_line_examples", "files", "source")}
-                 for m in markers],
+        "days": [{k: m[k] for k in ("day", "rows", "skipped_lines", "on_bad_line", "bad_line_examples",
+                                    "files", "source")} for m in markers],
     }
 
 
@@ -297,6 +303,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputError as e:  # a user error: a message, no traceback
         print(f"dlrm-dist preprocess: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("dlrm-dist preprocess: interrupted; finished days are kept, rerun the same command "
+              "to do the rest", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -171,12 +171,49 @@ def test_kaggle_train_txt_splits_into_seven_days_by_line_order(tmp_path):
         start += n
 
 
-def test_kaggle_bad_line_is_named_by_its_line_in_train_txt(tmp_path, capsys):
+def test_kaggle_bad_line_is_named_by_its_line_in_train_txt_and_parallel_workers_stop(tmp_path, capsys):
     lines = random_lines(70, seed=7)
     lines[44] = corrupt(lines[44], "label not 0/1")  # line 45 is in day 4 (lines 41-50)
     write_lines(tmp_path / "train.txt", lines)
-    assert run_preprocess(tmp_path / "train.txt", tmp_path / "npy", dataset="criteo_kaggle") == 1
-    assert f"{tmp_path / 'train.txt'}, line 45: label must be 0 or 1" in capsys.readouterr().err
+    out = tmp_path / "npy"
+    assert run_preprocess(tmp_path / "train.txt", out, "--workers", "3", dataset="criteo_kaggle") == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'train.txt'}, line 45: label must be 0 or 1" in err and "Traceback" not in err
+    assert not list(out.glob("day_4*")) and not list(out.glob(".*partial"))
+    assert not (out / "manifest.json").exists()
+
+
+def test_rerun_with_skip_after_a_bad_line_keeps_the_days_already_done(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "npy"
+    raw.mkdir()
+    write_lines(raw / "day_0", random_lines(60, seed=11))
+    bad = random_lines(60, seed=12)
+    bad[9] = corrupt(bad[9], "too few fields")
+    write_lines(raw / "day_1", bad)
+    assert run_preprocess(raw, out) == 1
+    day0 = (out / "day_0_sparse.npy").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_preprocess(raw, out, "--on-bad-line", "skip") == 0
+    assert "1 of 2 days already done" in capsys.readouterr().out
+    assert (out / "day_0_sparse.npy").stat().st_mtime_ns == day0
+    assert json.loads((out / "manifest.json").read_text())["skipped_lines_per_day"] == [0, 1]
+    assert run_preprocess(raw, out) == 1  # under error again, the day that skipped a line stops the run
+
+
+def test_verify_rechecks_checksums_and_redoes_a_corrupted_day(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "npy"
+    raw.mkdir()
+    for i in range(2):
+        write_lines(raw / f"day_{i}", random_lines(50, seed=13 + i))
+    assert run_preprocess(raw, out) == 0
+    good = (out / "day_1_dense.npy").read_bytes()
+    with open(out / "day_1_dense.npy", "r+b") as f:  # same size, one byte flipped
+        f.seek(200)
+        f.write(bytes([good[200] ^ 1]))
+    capsys.readouterr()
+    assert run_preprocess(raw, out, "--verify") == 0
+    assert "1 of 2 days already done" in capsys.readouterr().out
+    assert (out / "day_1_dense.npy").read_bytes() == good
 
 
 def test_rerun_skips_finished_days_and_redoes_days_with_other_settings(tmp_path, capsys):

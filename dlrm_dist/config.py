@@ -26,6 +26,16 @@ NUM_DENSE_FEATURES = 13
 NUM_SPARSE_FEATURES = 26
 SPARSE_FEATURE_NAMES = [f"cat_{i}" for i in range(NUM_SPARSE_FEATURES)]
 
+# Names checked at load time (kept here so loading a config needs no TorchRec import;
+# tests/unit/test_config.py checks they match TorchRec's enums).
+EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+SHARDING_TYPES = (
+    "data_parallel", "table_wise", "column_wise", "row_wise",
+    "table_row_wise", "table_column_wise", "grid_shard",
+)
+COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the source."""
@@ -344,6 +354,21 @@ def validate(cfg: Config, source: str = "config") -> None:
         )
     if cfg.data.source == "criteo" and not cfg.data.path:
         raise ConfigError(f"{source}: key 'data.path': required when data.source=criteo")
+    for key, opt, allowed in (("optim.embedding", cfg.optim.embedding, EMBEDDING_OPTIMIZERS),
+                              ("optim.dense", cfg.optim.dense, DENSE_OPTIMIZERS)):
+        if opt.name not in allowed:
+            raise ConfigError(f"{source}: key '{key}.name': unknown optimizer '{opt.name}'; "
+                              f"choose from {', '.join(allowed)}")
+    constraints = [("sharding", cfg.sharding.sharding_types, cfg.sharding.compute_kernels)]
+    constraints += [(f"sharding.tables.{n}", t.sharding_types, t.compute_kernels)
+                    for n, t in cfg.sharding.tables.items()]
+    for key, types_, kernels in constraints:
+        for value, allowed, what in ((types_, SHARDING_TYPES, "sharding_types"),
+                                     (kernels, COMPUTE_KERNELS, "compute_kernels")):
+            unknown = [v for v in value if v not in allowed]
+            if unknown:
+                raise ConfigError(f"{source}: key '{key}.{what}': unknown {unknown}; "
+                                  f"choose from {', '.join(allowed)}")
     for name in cfg.sharding.tables:
         if name not in SPARSE_FEATURE_NAMES:
             raise ConfigError(

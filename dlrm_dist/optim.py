@@ -21,10 +21,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from dlrm_dist.config import OptimizerConfig, ScheduleConfig
-
-EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
-DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+from dlrm_dist.config import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimizerConfig, ScheduleConfig
 
 
 def _optimizer_class(cfg: OptimizerConfig, allowed: Tuple[str, ...], key: str) -> Tuple[Type, Dict[str, Any]]:

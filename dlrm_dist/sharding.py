@@ -16,7 +16,7 @@ never disagree about memory.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import psutil
 import torch
@@ -34,7 +34,7 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES, ShardingConfig
 from dlrm_dist.distributed import DistEnv
@@ -42,7 +42,6 @@ from dlrm_dist.distributed import DistEnv
 logger = logging.getLogger(__name__)
 
 GB = 1024**3
-SHARDING_TYPES = [t.value for t in ShardingType]
 # On a CPU compute device TorchRec's planner offers only these; the others run
 # on CPU too, but only through a plan built by hand (see manual_plan).
 CPU_PLANNER_TYPES = {"data_parallel", "table_wise", "column_wise", "table_column_wise"}
@@ -93,12 +92,6 @@ def build_constraints(cfg: ShardingConfig) -> Dict[str, ParameterConstraints]:
         table = cfg.tables.get(feature)
         types = (table.sharding_types if table and table.sharding_types else cfg.sharding_types)
         kernels = (table.compute_kernels if table and table.compute_kernels else cfg.compute_kernels)
-        for t in types:
-            if t not in SHARDING_TYPES:
-                raise ValueError(
-                    f"sharding: unknown sharding type '{t}' for {feature}; "
-                    f"choose from {', '.join(SHARDING_TYPES)}"
-                )
         if types or kernels:
             constraints[table_name(feature)] = ParameterConstraints(
                 sharding_types=list(types) or None, compute_kernels=list(kernels) or None
@@ -200,7 +193,3 @@ def plan_sharding_types(plan: ShardingPlan) -> Dict[str, str]:
         for module_plan in plan.plan.values()
         for name, ps in module_plan.items()  # type: ignore[union-attr]
     }
-
-
-def optional_int(x: Optional[float]) -> Optional[int]:
-    return None if x is None else int(x)

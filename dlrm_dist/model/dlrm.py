@@ -44,25 +44,30 @@ def build_model(cfg: ModelConfig, dense_device: torch.device, sparse_device: str
     ebc = EmbeddingBagCollection(
         tables=embedding_bag_configs(cfg), device=torch.device(sparse_device)
     )
+    # DLRM_DCN builds its cross network without a device argument: the default
+    # device context puts it next to the other MLPs.
+    with dense_device:
+        return DLRMTrain(_build_dlrm(cfg, ebc, dense_device))
+
+
+def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: torch.device) -> DLRM:
     if cfg.interaction == "dot":
-        dlrm = DLRM(
+        return DLRM(
             embedding_bag_collection=ebc,
             dense_in_features=NUM_DENSE_FEATURES,
             dense_arch_layer_sizes=list(cfg.bottom_mlp),
             over_arch_layer_sizes=list(cfg.top_mlp),
             dense_device=dense_device,
         )
-    else:
-        dlrm = DLRM_DCN(
-            embedding_bag_collection=ebc,
-            dense_in_features=NUM_DENSE_FEATURES,
-            dense_arch_layer_sizes=list(cfg.bottom_mlp),
-            over_arch_layer_sizes=list(cfg.top_mlp),
-            dcn_num_layers=cfg.dcn_num_layers,
-            dcn_low_rank_dim=cfg.dcn_low_rank_dim,
-            dense_device=dense_device,
-        )
-    return DLRMTrain(dlrm)
+    return DLRM_DCN(
+        embedding_bag_collection=ebc,
+        dense_in_features=NUM_DENSE_FEATURES,
+        dense_arch_layer_sizes=list(cfg.bottom_mlp),
+        over_arch_layer_sizes=list(cfg.top_mlp),
+        dcn_num_layers=cfg.dcn_num_layers,
+        dcn_low_rank_dim=cfg.dcn_low_rank_dim,
+        dense_device=dense_device,
+    )
 
 
 def dense_parameter_count(model: torch.nn.Module) -> int:

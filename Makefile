@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh clone:
+#   make train   installs into .venv, then trains on synthetic data over 2 CPU ranks via torchx
+#   make test    installs into .venv, then runs the test suite (what CI runs: .ci/run)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+include requirements/stack.txt
+# fbgemm-gpu is the CUDA build; a host without an NVIDIA driver gets the CPU build.
+FBGEMM := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo fbgemm-gpu || echo fbgemm-gpu-cpu)
+STAMP := $(VENV)/.installed-$(FBGEMM)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install train test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements/stack.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(FBGEMM)==$(FBGEMM_VERSION)
+	$(PY) -m pip install -q --no-deps torchrec==$(TORCHREC_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c "import torch, fbgemm_gpu, torchrec, torchx; print('installed torch', torch.__version__, 'torchrec', torchrec.__version__)"
+	touch $(STAMP)
+
+# The main job: DLRM on the synthetic teacher, 2 ranks on this machine, through torchx.
+train: install
+	torchx run -s local_cwd dist.ddp -j 1x2 -m dlrm_dist.train -- --config configs/smoke.yaml --run-dir runs/smoke
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/throughput.py --json benchmarks/results/throughput.json
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

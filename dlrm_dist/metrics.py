@@ -1,0 +1,137 @@
+"""Where metrics are computed and where they go.
+
+* ``EvalMetrics``: AUROC, logloss and accuracy over a whole split, from
+  torchmetrics, which all-gathers / all-reduces its states across ranks on
+  ``compute()`` so every rank sees the global figure.
+* ``Throughput``: samples/s of the whole job and per rank, training time only.
+* ``peak_rss_bytes``: the process's high-water resident memory.
+* ``MetricsSink``: rank 0 writes ``metrics.jsonl`` (one JSON object per event,
+  each with ``step``), optional TensorBoard events, and log lines; every rank's
+  log lines carry its rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from dlrm_dist.config import MetricsConfig
+from dlrm_dist.distributed import DistEnv
+
+logger = logging.getLogger(__name__)
+
+
+class EvalMetrics:
+    """Accumulates predictions of one evaluation pass; ``compute`` syncs across ranks."""
+
+    def __init__(self, device: torch.device, auroc_thresholds: int = 0) -> None:
+        # thresholds=None keeps every prediction: exact AUROC, memory grows with the
+        # split; N bins give a constant-memory approximation for Terabyte-sized splits.
+        self.auroc = BinaryAUROC(thresholds=auroc_thresholds or None).to(device)
+        self.accuracy = BinaryAccuracy().to(device)
+        self.logloss = MeanMetric().to(device)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        probs = torch.sigmoid(logits.float())
+        labels_int = labels.long()
+        self.auroc.update(probs, labels_int)
+        self.accuracy.update(probs, labels_int)
+        self.logloss.update(F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none"))
+
+    def compute(self) -> Dict[str, float]:
+        return {
+            "auc": float(self.auroc.compute()),
+            "logloss": float(self.logloss.compute()),
+            "accuracy": float(self.accuracy.compute()),
+        }
+
+
+class Throughput:
+    """Counts samples over training time only (evaluation pauses the clock)."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.samples = 0
+        self.seconds = 0.0
+        self._since: Optional[float] = None
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def add(self, local_samples: int) -> None:
+        self.samples += local_samples * self.world_size
+
+    def elapsed(self) -> float:
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self.seconds + running
+
+    def samples_per_s(self) -> float:
+        t = self.elapsed()
+        return self.samples / t if t > 0 else 0.0
+
+
+def peak_rss_bytes() -> int:
+    """High-water RSS of this process: the kernel's ru_maxrss (KiB on Linux), which
+    also catches peaks between samples, or psutil's current RSS if that is larger."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(peak, psutil.Process().memory_info().rss)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class MetricsSink:
+    """Rank 0 writes events; every rank may log."""
+
+    def __init__(self, run_dir: Path, env: DistEnv, cfg: MetricsConfig) -> None:
+        self.run_dir, self.env = run_dir, env
+        self._jsonl = open(run_dir / "metrics.jsonl", "a") if env.is_main else None
+        self._tb = None
+        if env.is_main and cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def event(self, kind: str, step: int, values: Dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
+        record = {"event": kind, "step": step, "time": time.time(), **values}
+        assert self._jsonl is not None
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+        shown = " ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        logger.info("%s step %d: %s", kind, step, shown)
+
+    def write_json(self, name: str, payload: Dict[str, Any]) -> None:
+        """Atomically write ``name`` (rank 0): no half-written file ever looks complete."""
+        if self.env.is_main:
+            _atomic_write(self.run_dir / name, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,116 @@
+"""``python -m dlrm_dist.train`` / ``dlrm-dist train``: the whole recipe, top to bottom.
+
+config -> DistEnv -> model (tables on meta) -> fused embedding optimizer ->
+sharding plan -> DistributedModelParallel -> dense optimizer + LR schedule ->
+data -> Trainer -> summary.json. One process when started by hand; one rank of
+the job under torchrun or torchx (``dist.ddp -m dlrm_dist.train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional
+
+from dlrm_dist.config import Config, ConfigError, load_config, to_yaml
+
+if TYPE_CHECKING:
+    from dlrm_dist.distributed import DistEnv
+
+# The config is checked before anything heavy is imported, so a typo in it is
+# reported in a fraction of a second instead of after TorchRec has loaded.
+
+logger = logging.getLogger("dlrm_dist")
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dlrm-dist train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--run-dir", default=None, help="output folder (default runs/<config>-<time>)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=512")
+    return p.parse_args(argv)
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    # TorchRec's own INFO chatter (pipeline internals) drowns ours; keep its warnings.
+    logging.getLogger("torchrec").setLevel(logging.WARNING)
+
+
+def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv") -> Path:
+    import torch.distributed as dist
+
+    from dlrm_dist.distributed import broadcast_object
+
+    default = f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(broadcast_object(arg or default, env))  # rank 0's clock decides
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "metrics.jsonl"):  # a rerun must not look finished
+            (run_dir / stale).unlink(missing_ok=True)
+    dist.barrier()
+    return run_dir
+
+
+def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
+    import torch
+
+    from dlrm_dist.data import build_data
+    from dlrm_dist.distributed import init_distributed, teardown
+    from dlrm_dist.metrics import MetricsSink
+    from dlrm_dist.model import build_model
+    from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
+    from dlrm_dist.sharding import build_plan, describe_plan, shard_model
+    from dlrm_dist.trainer import Trainer, log_summary
+
+    env = init_distributed(cfg.dist)
+    setup_logging(env.rank)
+    run_dir = make_run_dir(run_dir_arg, config_path, env)
+    if env.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
+    model = build_model(cfg.model, env.device)
+    apply_embedding_optimizer(model, cfg.optim.embedding)
+    plan = build_plan(model, cfg.sharding, env, cfg.train.batch_size)
+    if env.is_main:
+        (run_dir / "plan.txt").write_text(describe_plan(plan))
+        logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])
+    dmp = shard_model(model, plan, env)
+    optimizer = build_optimizer(dmp, cfg.optim.dense)
+    lr_scheduler = build_lr_scheduler(optimizer, cfg.optim.schedule)
+
+    data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)
+    sink = MetricsSink(run_dir, env, cfg.metrics)
+    trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink)
+    summary = trainer.fit(data)
+    sink.write_json("summary.json", summary)
+    sink.close()
+    if env.is_main:
+        logger.info("%s", log_summary(summary))
+        logger.info("run directory: %s", run_dir)
+    teardown()
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"dlrm-dist train: error: {e}", file=sys.stderr)
+        return 2
+    run(cfg, args.config, args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

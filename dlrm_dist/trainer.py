@@ -1,0 +1,185 @@
+"""The training loop: TrainPipelineSparseDist for training, EvalPipelineSparseDist
+for evaluation, and the decisions of when to log and when to evaluate.
+
+``TrainPipelineSparseDist`` keeps two batches in flight: while batch i runs
+forward/backward, batch i+1's input all-to-all (ids to the ranks that own their
+tables) is already under way, hiding the communication. Its ``progress`` call is
+one training step; the fused embedding optimizer updates rows inside backward
+and ``optimizer.step()`` steps the dense part.
+
+Evaluation happens between steps: the train pipeline is ``detach``ed (the
+public API that restores the model's original forwards while keeping the
+in-flight batch), an eval pipeline runs over the split, and ``attach`` hands
+the model back. Every rank runs the same number of batches in both, since
+each data split gives every rank the same number of full batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import IterableDataset
+from torchrec.distributed.train_pipeline import EvalPipelineSparseDist, TrainPipelineSparseDist
+from tqdm import tqdm
+
+from dlrm_dist.config import MetricsConfig, TrainConfig
+from dlrm_dist.data import DataSplits, make_loader, num_batches
+from dlrm_dist.distributed import DistEnv
+from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+
+
+def _train_batches(dataset: IterableDataset, device: torch.device, epochs: int) -> Iterator[Any]:
+    """One iterator over all epochs, so the pipeline never drains between epochs."""
+    for epoch in range(epochs):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)  # e.g. reshuffle batch order
+        yield from make_loader(dataset, device)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        env: DistEnv,
+        cfg: TrainConfig,
+        metrics_cfg: MetricsConfig,
+        sink: MetricsSink,
+    ) -> None:
+        self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
+        self.env, self.cfg, self.metrics_cfg, self.sink = env, cfg, metrics_cfg, sink
+        self.state = TrainState()
+        self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.cfg.max_steps > 0:
+            return self.cfg.max_steps
+        return self.cfg.epochs * steps_per_epoch
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self, dataset: IterableDataset, max_batches: int = 0) -> Dict[str, float]:
+        """AUROC / logloss / accuracy of the model on a split, synced over ranks."""
+        model = self.pipeline.detach()  # original forwards back; in-flight batch kept
+        model.eval()
+        metrics = EvalMetrics(self.env.device, self.metrics_cfg.auroc_thresholds)
+        batches: Iterator[Any] = iter(make_loader(dataset, self.env.device))
+        if max_batches > 0:
+            batches = itertools.islice(batches, max_batches)
+        pipeline = EvalPipelineSparseDist(model, self.optimizer, self.env.device)
+        with torch.no_grad():
+            while True:
+                try:
+                    _loss, logits, labels = pipeline.progress(batches)
+                except StopIteration:
+                    break
+                metrics.update(logits, labels)
+        pipeline.detach()
+        model.train()
+        self.pipeline.attach(model)
+        return metrics.compute()
+
+    # ----------------------------------------------------------------- train
+    def _log_train(self, loss_sum: torch.Tensor, count: int, throughput: Throughput) -> None:
+        mean_loss = loss_sum / max(count, 1)
+        dist.all_reduce(mean_loss)  # average of the ranks' mean losses
+        self.sink.event("train", self.state.step, {
+            "loss": float(mean_loss) / self.env.world_size,
+            "lr": float(self.optimizer.param_groups[-1]["lr"]),
+            "samples_per_s": throughput.samples_per_s(),
+            "rss_bytes": peak_rss_bytes(),
+        })
+
+    def fit(self, data: DataSplits) -> Dict[str, Any]:
+        steps_per_epoch = num_batches(data.train)
+        total = self.total_steps(steps_per_epoch)
+        epochs = -(-total // steps_per_epoch)
+        batches = itertools.islice(_train_batches(data.train, self.env.device, epochs), total)
+        throughput = Throughput(self.env.world_size)
+        bar = tqdm(
+            total=total, desc="train", unit="step",
+            disable=not (self.env.is_main and self.metrics_cfg.progress_bar),
+            mininterval=0.5 if sys.stderr.isatty() else 10.0,  # launchers' logs are not TTYs
+        )
+        loss_sum, count = torch.zeros((), device=self.env.device), 0
+        self.model.train()
+        throughput.start()
+        while True:
+            try:
+                loss, _logits, _labels = self.pipeline.progress(batches)
+            except StopIteration:
+                break
+            self.lr_scheduler.step()
+            self.state.step += 1
+            self.state.epoch = (self.state.step - 1) // steps_per_epoch
+            throughput.add(_labels.shape[0])
+            loss_sum += loss
+            count += 1
+            bar.update(1)
+            if self.state.step % self.metrics_cfg.log_every == 0:
+                self._log_train(loss_sum, count, throughput)
+                bar.set_postfix(loss=f"{float(loss_sum) / max(count, 1):.4f}")
+                loss_sum, count = torch.zeros((), device=self.env.device), 0
+            if self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0 and self.state.step < total:
+                throughput.pause()
+                val = self.evaluate(data.val, self.cfg.max_eval_batches)
+                self.sink.event("val", self.state.step, val)
+                throughput.start()
+        throughput.pause()
+        bar.close()
+        return self._finish(data, throughput)
+
+    def _finish(self, data: DataSplits, throughput: Throughput) -> Dict[str, Any]:
+        val = self.evaluate(data.val)
+        test = self.evaluate(data.test)
+        self.sink.event("val", self.state.step, val)
+        self.sink.event("test", self.state.step, test)
+        rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
+        all_rss = [torch.zeros_like(rss) for _ in range(self.env.world_size)]
+        dist.all_gather(all_rss, rss)
+        summary: Dict[str, Any] = {
+            "val_auc": val["auc"],
+            "val_logloss": val["logloss"],
+            "val_accuracy": val["accuracy"],
+            "test_auc": test["auc"],
+            "test_logloss": test["logloss"],
+            "test_accuracy": test["accuracy"],
+            "steps": self.state.step,
+            "epochs": self.state.epoch + (1 if self.state.step else 0),
+            "world_size": self.env.world_size,
+            "global_batch_size": self.cfg.batch_size * self.env.world_size,
+            "train_seconds": throughput.elapsed(),
+            "train_samples_per_s": throughput.samples_per_s(),
+            "samples_per_s_per_rank": throughput.samples_per_s() / self.env.world_size,
+            "peak_rss_bytes": int(max(float(r) for r in all_rss)),
+            "peak_rss_bytes_per_rank": [int(r) for r in all_rss],
+            **data.info,
+        }
+        return summary
+
+
+def log_summary(summary: Dict[str, Any], teacher_key: str = "teacher_val_auc") -> Optional[str]:
+    """A one-line human verdict for the end of a run (rank 0)."""
+    line = (
+        f"val AUC {summary['val_auc']:.4f}  test AUC {summary['test_auc']:.4f}  "
+        f"val logloss {summary['val_logloss']:.4f}  "
+        f"{summary['samples_per_s_per_rank']:.0f} samples/s per rank"
+    )
+    if teacher_key in summary:
+        line += f"  (teacher's own val AUC {summary[teacher_key]:.4f})"
+    return line

@@ -1,0 +1,60 @@
+"""torchx component for dlrm_dist: topology and resources only, no hyperparameters.
+
+torchx's built-in ``dist.ddp`` is enough for a single attempt:
+
+    torchx run -s local_cwd dist.ddp -j 1x2 -m dlrm_dist.train -- --config configs/smoke.yaml
+
+This component is the same job with what ``dist.ddp`` leaves out: torchrun's
+``--max-restarts`` (``dist.ddp`` never passes it and ``local_cwd`` ignores
+``--max_retries``), and the environment that makes restarts reliable:
+
+    torchx run -s local_cwd launchers/dlrm.py:train -j 1x2 --max_restarts 2 -- --config configs/smoke.yaml
+    torchx run -s slurm launchers/dlrm.py:train -j 4x8 --gpu 8 -- --config configs/criteo_1tb.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from torchx import specs
+from torchx.components.dist import ddp
+
+
+def train(
+    *script_args: str,
+    j: str = "1x2",
+    gpu: int = 0,
+    cpu: int = 2,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    max_restarts: int = 0,
+    image: str = "ghcr.io/pytorch/torchx:0.7.0",
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Train DLRM with ``python -m dlrm_dist.train`` on every rank.
+
+    Args:
+        script_args: arguments of dlrm_dist.train (``--config FILE [overrides]``)
+        j: {nnodes}x{nproc_per_node}, e.g. 2x8 for two hosts of eight GPUs
+        gpu: GPUs per node (also the ranks per node on GPU hosts)
+        cpu: CPUs per node
+        memMB: host memory per node in MB (check with ``dlrm-dist plan``)
+        h: a named resource of the scheduler instead of cpu/gpu/memMB
+        max_restarts: times torchrun restarts the whole worker group after a failure
+        image: container image (slurm / kubernetes)
+        env: extra environment variables
+        rdzv_port: rendezvous port on the first node
+        mounts: container mounts, as in dist.ddp
+    """
+    job_env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **(env or {})}
+    app = ddp(
+        *script_args, m="dlrm_dist.train", image=image, name="dlrm", h=h, cpu=cpu, gpu=gpu,
+        memMB=memMB, j=j, env=job_env, rdzv_port=rdzv_port, mounts=mounts,
+    )
+    role = app.roles[0]
+    if max_restarts:
+        # dist.ddp runs ``bash -c "torchrun ..."``: add torchrun's own restart flag.
+        role.args = [a.replace("torchrun ", f"torchrun --max-restarts {max_restarts} ", 1) for a in role.args]
+    return app

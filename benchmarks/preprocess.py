@@ -5,7 +5,7 @@
 
 One raw day (generated with ``dlrm-dist synth`` unless ``--input`` gives one)
 is converted by ours (one worker, the whole file) and by TorchRec (the first
-``--torchrec-rows`` lines: it holds a day as Python lists, ~1.5 KB of RSS per
+``--torchrec-rows`` lines: it holds a day as Python lists, ~1.6 KB of RSS per
 row, and runs at tens of thousands of rows/s, so the whole file would take
 long and many GB). Each run is its own child process, so its peak RSS
 (``ru_maxrss``) is its own; times exclude interpreter start-up and imports

@@ -4,13 +4,15 @@ every rank getting the same number of batches per split (see ``build_data``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sized
-
-import torch
-from torch.utils.data import DataLoader, IterableDataset
+from typing import TYPE_CHECKING, Dict, List, Sized
 
 from dlrm_dist.config import DataConfig
-from dlrm_dist.distributed import DistEnv
+
+if TYPE_CHECKING:  # torch is imported lazily: `dlrm-dist preprocess` and its workers never need it
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from dlrm_dist.distributed import DistEnv
 
 
 @dataclass
@@ -66,6 +68,8 @@ def build_data(cfg: DataConfig, batch_size: int, table_sizes: List[int], env: Di
 
 def make_loader(dataset: IterableDataset, device: torch.device) -> DataLoader:
     """Batches arrive ready-made; on CUDA they are pinned so the pipeline's copy is async."""
+    from torch.utils.data import DataLoader
+
     return DataLoader(dataset, batch_size=None, pin_memory=device.type == "cuda")
 
 

@@ -16,11 +16,15 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES
+from dlrm_dist.data.transforms import log1p_transform
 
 
 def dense_transform(raw: np.ndarray) -> np.ndarray:
-    """Criteo's integer features -> model input: log(1 + max(x, 0)), as float32."""
-    return np.log1p(np.maximum(raw, 0)).astype(np.float32)
+    """Criteo's integer features -> model input: log(1 + max(x, 0)), as float32.
+
+    The same function ``dlrm-dist preprocess`` applies by default (it lives in
+    the torch-free ``transforms`` module so preprocessing workers stay light)."""
+    return log1p_transform(raw)
 
 
 def make_batch(

@@ -1,0 +1,175 @@
+"""Criteo npy days -> this rank's train / val / test batches (``data.source=criteo``).
+
+The folder holds ``day_{i}_{dense,sparse,labels}.npy`` for i = 0 .. D-1, as
+written by ``dlrm-dist preprocess`` or by TorchRec's
+``BinaryCriteoUtils.tsv_to_npys`` (same layout: dense float32 (N, 13) already
+transformed, sparse integer ids (N, 26), labels int32 (N, 1)). Days 0 .. D-2
+are the training set, read as one sequence of rows; the last day is split as
+TorchRec and MLPerf do: its first ceil(N/2) rows validate, the rest test.
+
+Files are memory-mapped: a rank touches only the pages of its own rows, so the
+host needs page cache, not RAM, for a Terabyte-sized folder. Each rank reads
+one contiguous slice of each split and every rank gets the same number of full
+batches (``rank_slice``: the tail is dropped, so no rank waits in an
+all-to-all that another never joins). Ids beyond a table are hashed into it
+(``id % rows``, as TorchRec's loader does): the fused kernel would silently
+map an out-of-range id to row 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+
+import numpy as np
+from torch.utils.data import IterableDataset
+from torchrec.datasets.utils import Batch
+
+from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, DataConfig
+from dlrm_dist.data import DataSplits, multi_hot
+from dlrm_dist.data.batches import make_batch
+from dlrm_dist.data.synthetic import rank_slice
+
+if TYPE_CHECKING:
+    from dlrm_dist.distributed import DistEnv
+
+Day = Tuple[np.ndarray, np.ndarray, np.ndarray]  # dense (N, 13), sparse (N, 26), labels (N, 1)
+KINDS = ("dense", "sparse", "labels")
+
+
+class CriteoDataError(ValueError):
+    """The npy folder is missing, incomplete or inconsistent; the message names it."""
+
+
+def _day_numbers(folder: Path) -> List[int]:
+    if not folder.is_dir():
+        raise CriteoDataError(f"data.path {folder}: no such folder")
+    found = {kind: {int(m.group(1)) for p in folder.iterdir()
+                    if (m := re.fullmatch(rf"day_(\d+)_{kind}\.npy", p.name))} for kind in KINDS}
+    days = found["dense"] | found["sparse"] | found["labels"]
+    if not days:
+        raise CriteoDataError(f"data.path {folder}: no day_{{i}}_{{dense,sparse,labels}}.npy files; "
+                              "run `dlrm-dist preprocess` to make them")
+    for day in sorted(days):
+        missing = [k for k in KINDS if day not in found[k]]
+        if missing:
+            raise CriteoDataError(f"data.path {folder}: day {day} has no "
+                                  + ", ".join(f"day_{day}_{k}.npy" for k in missing))
+    if sorted(days) != list(range(len(days))):
+        gaps = sorted(set(range(max(days) + 1)) - days)
+        raise CriteoDataError(f"data.path {folder}: days must be 0 .. {max(days)} with none missing; "
+                              f"missing day(s) {gaps}")
+    if len(days) < 2:
+        raise CriteoDataError(f"data.path {folder}: needs at least 2 days (training days, then a "
+                              "last day split into validation and test); found 1")
+    return sorted(days)
+
+
+def _check_complete(folder: Path, days: List[Day]) -> None:
+    """Refuse a folder whose preprocessing was interrupted (markers without a manifest)."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        if any(folder.glob("day_*.done.json")):
+            raise CriteoDataError(f"data.path {folder}: preprocessing did not finish (no manifest.json); "
+                                  "rerun the same `dlrm-dist preprocess` command to complete it")
+        return  # e.g. written by TorchRec's tsv_to_npys: nothing to check against
+    rows = json.loads(manifest.read_text()).get("rows_per_day")
+    if rows is not None and rows != [len(d[0]) for d in days]:
+        raise CriteoDataError(f"data.path {folder}: manifest.json lists rows per day {rows}, the files "
+                              f"hold {[len(d[0]) for d in days]}; rerun `dlrm-dist preprocess`")
+
+
+def open_days(folder: Path) -> List[Day]:
+    """Memory-map every day; check the three files of each day agree."""
+    days = []
+    for day in _day_numbers(folder):
+        arrs = [np.load(folder / f"day_{day}_{k}.npy", mmap_mode="r") for k in KINDS]
+        dense, sparse, labels = arrs
+        shapes = ", ".join(f"day_{day}_{k}.npy {a.shape}" for k, a in zip(KINDS, arrs))
+        if (dense.ndim != 2 or dense.shape[1] != NUM_DENSE_FEATURES or sparse.ndim != 2
+                or sparse.shape[1] != NUM_SPARSE_FEATURES or labels.shape[1:] not in ((), (1,))):
+            raise CriteoDataError(f"data.path {folder}: expected (N, 13), (N, 26), (N, 1); got {shapes}")
+        if not len(dense) == len(sparse) == len(labels):
+            raise CriteoDataError(f"data.path {folder}: row counts differ: {shapes}")
+        if dense.dtype.kind != "f" or sparse.dtype.kind not in "iu":
+            raise CriteoDataError(f"data.path {folder}: day {day}: dense must be float (transformed), sparse "
+                                  f"integer; got {dense.dtype}, {sparse.dtype}")
+        days.append((dense, sparse, labels.reshape(-1, 1)))
+    _check_complete(folder, days)
+    return days
+
+
+class CriteoDataset(IterableDataset):
+    """One rank's batches of a sequence of rows spread over one or more days."""
+
+    def __init__(self, parts: List[Day], batch_size: int, rank: int, world_size: int,
+                 table_sizes: List[int], multi_hot_sizes: Optional[List[int]] = None,
+                 multi_hot_distribution: str = "uniform", seed: int = 0, shuffle: bool = False) -> None:
+        self.parts, self.batch_size = parts, batch_size
+        self.starts = np.cumsum([0] + [len(p[0]) for p in parts])
+        self.rows = rank_slice(int(self.starts[-1]), batch_size, rank, world_size)
+        self.table_sizes = np.asarray(table_sizes, dtype=np.int64)
+        self.multi_hot_sizes, self.multi_hot_distribution = multi_hot_sizes, multi_hot_distribution
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+
+    def __len__(self) -> int:
+        return len(self.rows) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the batch order of an epoch (shuffle); otherwise each pass advances it by one."""
+        self.epoch = epoch
+
+    def batch_order(self, epoch: int) -> np.ndarray:
+        """Batch indices in the order an epoch reads them: seeded by (seed, epoch), the
+        same on every rank, so runs repeat exactly."""
+        order = np.arange(len(self))
+        if self.shuffle:
+            np.random.default_rng([self.seed, epoch]).shuffle(order)
+        return order
+
+    def read(self, lo: int, hi: int) -> Day:
+        """Rows [lo, hi) of the sequence, copied out of the memory maps."""
+        chunks = []
+        for part, start, stop in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            if stop <= lo or start == stop:
+                continue
+            if start >= hi:
+                break
+            chunks.append([np.asarray(x[max(lo - start, 0):min(hi, stop) - start]) for x in part])
+        return tuple(np.concatenate(cols) for cols in zip(*chunks))  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.batch_order(self.epoch)
+        self.epoch += 1
+        for b in order:
+            lo = self.rows.start + int(b) * self.batch_size
+            dense, sparse, labels = self.read(lo, lo + self.batch_size)
+            ids = sparse.astype(np.int64) % self.table_sizes
+            if self.multi_hot_sizes:
+                ids = multi_hot.expand_all(ids, list(self.table_sizes), self.multi_hot_sizes,
+                                           self.multi_hot_distribution, self.seed)
+            yield make_batch(dense.astype(np.float32, copy=False), ids, labels)
+
+
+def build_criteo_splits(cfg: DataConfig, batch_size: int, eval_batch_size: int,
+                        table_sizes: List[int], env: "DistEnv") -> DataSplits:
+    """Train (days 0 .. D-2), val (first half of day D-1) and test (second half) of this rank."""
+    folder = Path(cfg.path)
+    days = open_days(folder)
+    last = days[-1]
+    half = (len(last[0]) + 1) // 2  # ceil, as TorchRec's InMemoryBinaryCriteoIterDataPipe
+
+    def dataset(parts: List[Day], bs: int, shuffle: bool) -> CriteoDataset:
+        return CriteoDataset(parts, bs, env.rank, env.world_size, table_sizes, cfg.multi_hot_sizes,
+                             cfg.multi_hot_distribution, cfg.seed, shuffle)
+
+    splits = DataSplits(
+        train=dataset(days[:-1], batch_size, cfg.shuffle_batches),
+        val=dataset([tuple(a[:half] for a in last)], eval_batch_size, False),  # type: ignore[list-item]
+        test=dataset([tuple(a[half:] for a in last)], eval_batch_size, False),  # type: ignore[list-item]
+    )
+    splits.info.update(criteo_days=len(days), train_rows=sum(len(d[0]) for d in days[:-1]),
+                       val_rows=half, test_rows=len(last[0]) - half)
+    return splits

@@ -189,7 +189,9 @@ def run_planner(
     start = time.perf_counter()
     try:
         plan = planner.plan(model, get_default_sharders())
-    except PlannerError as e:
+    except (PlannerError, RuntimeError) as e:
+        # RuntimeError: the enumerator found no sharding type the constraints allow on
+        # this device (e.g. row_wise pinned on CPU, where training plans by hand).
         return PlannerRun(None, [], seconds=time.perf_counter() - start, error=str(e))
     res = collect.reservation
     kjt = getattr(res, "_kjt_storage", None)  # set by TorchRec's reservations (stats.py reads them so)

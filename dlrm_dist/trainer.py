@@ -140,6 +140,8 @@ class Trainer:
                 val = self.evaluate(data.val, self.cfg.max_eval_batches)
                 self.sink.event("val", self.state.step, val)
                 throughput.start()
+        if count:  # the steps since the last log event
+            self._log_train(loss_sum, count, throughput)
         throughput.pause()
         bar.close()
         return self._finish(data, throughput)

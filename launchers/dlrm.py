@@ -15,7 +15,6 @@ This component is the same job with what ``dist.ddp`` leaves out: torchrun's
 types at run time to parse the command line.)
 """
 
-
 from typing import Dict, List, Optional
 
 from torchx import specs

@@ -66,6 +66,9 @@ class DataConfig:
     """How MLPerf's synthetic multi-hot expansion draws the extra ids."""
     shuffle_batches: bool = False
     """Shuffle the order of training batches each epoch (criteo source)."""
+    shuffle_rows: bool = False
+    """Shuffle training rows within each day of a rank's slice each epoch (criteo
+    source); random reads, so fast only while the days sit in page cache."""
     eval_batch_size: int = 0
     """Per-rank batch size for validation and test; 0 means train.batch_size."""
 

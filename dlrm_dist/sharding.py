@@ -16,6 +16,7 @@ never disagree about memory.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Dict, List, Optional
 
 import psutil
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.planner.types import Stats
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.sharding_plan import (
@@ -76,13 +78,17 @@ def build_topology(
     hbm_bytes: int,
     ddr_bytes: int,
 ) -> Topology:
-    """A Topology with real capacities: TorchRec assumes 32 GB HBM / 128 GB DDR otherwise."""
-    return Topology(
-        world_size=world_size,
-        local_world_size=local_world_size,
-        compute_device=compute_device,
-        hbm_cap=hbm_bytes,
-        ddr_cap=ddr_bytes,
+    """A Topology with real capacities: TorchRec assumes 32 GB HBM / 128 GB DDR otherwise.
+    Built through TorchRec's TopologyFactory, which validates the figures (a Topology
+    constructed directly is deprecated)."""
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=world_size,
+            local_world_size=local_world_size,
+            hbm_cap_bytes=hbm_bytes,
+            ddr_cap_bytes=ddr_bytes,
+        ),
+        kernel_config=KernelConfig(compute_device=compute_device),
     )
 
 
@@ -125,11 +131,17 @@ def build_planner(
     """The planner training and ``dlrm-dist plan`` share. ``stats`` replaces TorchRec's
     default EmbeddingStats (the capacity planner collects the chosen ShardingOptions
     through it); ``pooling_factors`` see :func:`build_constraints`."""
+    with warnings.catch_warnings():
+        # TorchRec warns that this reservation over-estimates the dense part in dry
+        # runs (meta tensors). Kept on purpose: the error is on the safe side, and
+        # dlrm_dist.capacity reports what it reserved beside our own dense estimate.
+        warnings.filterwarnings("ignore", message="HeuristicalStorageReservation", category=FutureWarning)
+        reservation = HeuristicalStorageReservation(percentage=cfg.storage_reservation)
     return EmbeddingShardingPlanner(
         topology=topology,
         batch_size=batch_size,
         constraints=build_constraints(cfg, pooling_factors),
-        storage_reservation=HeuristicalStorageReservation(percentage=cfg.storage_reservation),
+        storage_reservation=reservation,
         stats=stats,
         debug=True,
     )

@@ -36,13 +36,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def setup_logging(rank: int) -> None:
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.WARNING,  # TorchRec's and FBGEMM's INFO chatter drowns ours
         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
-    # TorchRec's own INFO chatter (pipeline internals) drowns ours; keep its warnings.
-    logging.getLogger("torchrec").setLevel(logging.WARNING)
+    logging.getLogger("dlrm_dist").setLevel(logging.INFO)
+    # Its dry-run dense-size caveat is known and accepted (see sharding.build_planner).
+    logging.getLogger("torchrec.distributed.planner.storage_reservations").setLevel(logging.ERROR)
 
 
 def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv") -> Path:

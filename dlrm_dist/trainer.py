@@ -151,7 +151,7 @@ class Trainer:
         test = self.evaluate(data.test)
         self.sink.event("val", self.state.step, val)
         self.sink.event("test", self.state.step, test)
-        rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
+        rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64, device=self.env.device)  # nccl: on GPU
         all_rss = [torch.zeros_like(rss) for _ in range(self.env.world_size)]
         dist.all_gather(all_rss, rss)
         summary: Dict[str, Any] = {

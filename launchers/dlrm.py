@@ -10,9 +10,10 @@ This component is the same job with what ``dist.ddp`` leaves out: torchrun's
 
     torchx run -s local_cwd launchers/dlrm.py:train -j 1x2 --max_restarts 2 -- --config configs/smoke.yaml
     torchx run -s slurm launchers/dlrm.py:train -j 4x8 --gpu 8 -- --config configs/criteo_1tb.yaml
-"""
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: torchx reads the parameter
+types at run time to parse the command line.)
+"""
 
 from typing import Dict, List, Optional
 

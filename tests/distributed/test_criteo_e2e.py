@@ -5,9 +5,8 @@ uses (tables, seed, teacher), so a model trained through the whole Criteo path
 (parser, npy days, memory-mapped loader, rank slices, last-day validation
 split) must get close to the teacher's own AUC on the validation rows.
 
-The smoke config with 26 x 100-row tables and 512 steps: with 2000-row tables
-and the smoke run's 128 steps the model is still far from the teacher (0.71
-vs 0.87, on the synthetic source too), which would not test the data path.
+It trains the smoke config (26 x 100-row tables, batch 256 per rank) on two
+training days of the same size as the smoke run's synthetic epoch.
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from pathlib import Path
 from dlrm_dist.config import load_config, to_yaml
 from tests.conftest import ROOT, run_cmd
 
-ROWS_PER_DAY = 262144  # 2 training days: 512 steps of 512 x 2 ranks; validation: 131072 rows
+ROWS_PER_DAY = 262144  # 2 training days: 1024 steps of 256 x 2 ranks; validation: 131072 rows
 
 
 def test_synth_tsv_preprocess_and_train_two_ranks_reaches_the_teacher(tmp_path: Path):
     raw, npy, run_dir, config = tmp_path / "raw", tmp_path / "npy", tmp_path / "run", tmp_path / "config.yaml"
-    config.write_text(to_yaml(load_config(ROOT / "configs" / "smoke.yaml", ["model.num_embeddings=100", "train.eval_every=0"])))
+    config.write_text(to_yaml(load_config(ROOT / "configs" / "smoke.yaml", ["train.eval_every=0"])))
     steps = [
         [sys.executable, "-m", "dlrm_dist.cli", "synth", "--format", "tsv", "--days", "3",
          "--rows-per-day", str(ROWS_PER_DAY), "--output", str(raw), "--config", str(config)],
@@ -40,7 +39,7 @@ def test_synth_tsv_preprocess_and_train_two_ranks_reaches_the_teacher(tmp_path: 
     teacher = json.loads((raw / "teacher.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["criteo_days"] == 3
-    assert summary["steps"] == 2 * ROWS_PER_DAY // 1024
+    assert summary["steps"] == 2 * ROWS_PER_DAY // summary["global_batch_size"]
     assert summary["val_rows"] == teacher["val_rows"] == ROWS_PER_DAY // 2
     assert teacher["val_auc"] - summary["val_auc"] < 0.05, (teacher, summary)
     assert teacher["val_auc"] - summary["test_auc"] < 0.06, summary  # test rows: same distribution

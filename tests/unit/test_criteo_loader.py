@@ -143,6 +143,25 @@ def test_shuffled_batch_order_is_seeded_per_epoch_and_a_permutation(tmp_path):
     assert sorted(e0) == sorted(plain) == sorted(e1)  # every batch exactly once
 
 
+def test_shuffled_rows_stay_in_their_day_and_each_is_read_once_per_epoch(tmp_path):
+    raw = tmp_path / "raw"
+    days = write_raw_days(raw, [200, 120, 40], seed=61)
+    out = our_npy(raw, tmp_path / "npy")
+    first_day_ids = {tuple(r) for r in reference_parse(days[0])[2]}
+    plain = splits(out, 16).train
+    s1, s2 = splits(out, 16, shuffle_rows=True, seed=5), splits(out, 16, shuffle_rows=True, seed=5)
+    rows = lambda bs: np.ascontiguousarray(np.concatenate([b[1] for b in bs]))  # noqa: E731
+    e0, e1, again = rows(batches(s1.train)), rows(batches(s1.train)), rows(batches(s2.train))
+    ref = rows(batches(plain))
+    assert len(batches(s1.train)) == len(plain) == 20
+    np.testing.assert_array_equal(e0, again)  # same seed and epoch: same order
+    assert not np.array_equal(e0, ref) and not np.array_equal(e0, e1)
+    for got in (e0, e1):  # a permutation of the same rows
+        np.testing.assert_array_equal(np.sort(got.view("V208").ravel()), np.sort(ref.view("V208").ravel()))
+    # day 0's 200 rows are read (shuffled) before any row of day 1
+    assert {tuple(r) for r in e0[:192]} <= first_day_ids
+
+
 def test_ids_beyond_a_table_are_hashed_into_it_and_multi_hot_expands(tmp_path):
     raw = tmp_path / "raw"
     days = write_raw_days(raw, [64, 64], seed=70)

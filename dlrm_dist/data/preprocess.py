@@ -146,14 +146,15 @@ def preprocess_day(task: DayTask, progress: Callable[[int], None]) -> Tuple[dict
     out = WriteBehind([NpyStreamWriter(task.partial(k), dtypes[k], ncols[k]) for k in KINDS])
     try:
         skipped, examples = _convert(task, out, progress)
-        rows = out.close()[0]
+        closed = dict(zip(KINDS, out.close()))
     except BaseException:
         out.abort()
         raise
+    rows = closed["dense"][0]
     files = {}
     for k in KINDS:
         files[k] = {"name": task.final(k).name, "bytes": task.partial(k).stat().st_size,
-                    "sha256": sha256_file(task.partial(k)), "dtype": str(dtypes[k]), "shape": [rows, ncols[k]]}
+                    "sha256": closed[k][1], "dtype": str(dtypes[k]), "shape": [rows, ncols[k]]}
     for k in KINDS:
         os.replace(task.partial(k), task.final(k))
     marker = {"day": task.source.day, "rows": rows, "skipped_lines": skipped, "on_bad_line": task.settings.on_bad_line,

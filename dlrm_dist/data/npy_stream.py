@@ -52,14 +52,28 @@ class NpyStreamWriter:
         self._file.write(np.ascontiguousarray(block).data)
         self.rows += block.shape[0]
 
-    def close(self) -> int:
-        """Write the real header, flush to disk (so a later rename is durable); return rows."""
+    def _write_header(self) -> None:
         self._file.seek(0)
         self._file.write(npy_header(self.dtype, (self.rows, self.ncols)))
         self._file.flush()
+
+    def close(self) -> int:
+        """Write the real header, flush to disk (so a later rename is durable); return rows."""
+        self._write_header()
         os.fsync(self._file.fileno())
         self._file.close()
         return self.rows
+
+    def close_and_hash(self) -> Tuple[int, str]:
+        """``close()``, and the finished file's sha256, read back (from the page cache)
+        while the fsync waits for the disk: rows and digest."""
+        self._write_header()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as pool:
+            synced = pool.submit(os.fsync, self._file.fileno())
+            digest = sha256_file(self.path)
+            synced.result()
+        self._file.close()
+        return self.rows, digest
 
     def abort(self) -> None:
         """Close and delete the partial file."""
@@ -86,13 +100,15 @@ class WriteBehind:
         self._wait()
         self._pending = self._pool.submit(lambda: [w.append(b) for w, b in zip(self.writers, blocks)])
 
-    def close(self) -> List[int]:
-        """Finish writing; close each writer (see NpyStreamWriter.close); rows of each."""
+    def close(self) -> List[Tuple[int, str]]:
+        """Finish writing; close each writer (see NpyStreamWriter.close_and_hash), all at
+        once (fsync and hashing release the GIL): rows and sha256 of each."""
         try:
             self._wait()
         finally:
             self._pool.shutdown()
-        return [w.close() for w in self.writers]
+        with ThreadPoolExecutor(max_workers=len(self.writers), thread_name_prefix="close") as pool:
+            return list(pool.map(NpyStreamWriter.close_and_hash, self.writers))
 
     def abort(self) -> None:
         """Stop and delete every partial file."""

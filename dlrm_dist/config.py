@@ -178,6 +178,20 @@ class TrainConfig:
     """Cap per-rank batches in a periodic validation; 0 reads the whole split."""
     seed: int = 0
     """Seed of the model's initial weights."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps; 0 saves none during training."""
+    checkpoint_at_end: bool = False
+    """Also save one after the last step (off by default: a Terabyte model's
+    checkpoint is hundreds of GB)."""
+    checkpoint_dir: str = ""
+    """Folder of ``step-N/`` checkpoints and the ``latest`` pointer; empty means
+    ``<run_dir>/checkpoints``."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept (the newest); older ones are deleted. 0 keeps all."""
+    resume: str = ""
+    """Where to start from: "" a fresh model; "latest" the checkpoint that
+    ``<checkpoint_dir>/latest`` names (a fresh model when there is none yet, so a
+    restarted job can always pass it); or the path of a ``step-N`` folder."""
 
 
 @dataclass
@@ -353,6 +367,9 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'model.top_mlp': last layer must be 1, got {m.top_mlp}")
     if t.batch_size <= 0:
         raise ConfigError(f"{source}: key 'train.batch_size': must be > 0")
+    for key in ("checkpoint_every", "keep_checkpoints"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"{source}: key 'train.{key}': must be >= 0")
     mh = cfg.data.multi_hot_sizes
     if mh is not None and (len(mh) != NUM_SPARSE_FEATURES or min(mh) < 1):
         raise ConfigError(

@@ -2,7 +2,7 @@
 
 config -> DistEnv -> model (tables on meta) -> fused embedding optimizer ->
 sharding plan -> DistributedModelParallel -> dense optimizer + LR schedule ->
-data -> Trainer -> summary.json. One process when started by hand; one rank of
+[checkpoint loaded] -> data -> Trainer -> summary.json. One process when started by hand; one rank of
 the job under torchrun or torchx (``dist.ddp -m dlrm_dist.train``).
 """
 
@@ -46,7 +46,7 @@ def setup_logging(rank: int) -> None:
     logging.getLogger("torchrec.distributed.planner.storage_reservations").setLevel(logging.ERROR)
 
 
-def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv") -> Path:
+def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv", resuming: bool = False) -> Path:
     import torch.distributed as dist
 
     from dlrm_dist.distributed import broadcast_object
@@ -55,7 +55,8 @@ def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv") -> Path:
     run_dir = Path(broadcast_object(arg or default, env))  # rank 0's clock decides
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "metrics.jsonl"):  # a rerun must not look finished
+        # A rerun must not look finished; a resumed one appends to its metrics.
+        for stale in ("summary.json",) + (() if resuming else ("metrics.jsonl",)):
             (run_dir / stale).unlink(missing_ok=True)
     dist.barrier()
     return run_dir
@@ -86,11 +87,17 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     from dlrm_dist.model import build_model
     from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
     from dlrm_dist.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
-    from dlrm_dist.trainer import Trainer, log_summary
+    from dlrm_dist.trainer import Trainer, TrainState, log_summary
+    from dlrm_dist import checkpoint as ckpt
 
     env = init_distributed(cfg.dist)
     setup_logging(env.rank)
-    run_dir = make_run_dir(run_dir_arg, config_path, env)
+    run_dir = make_run_dir(run_dir_arg, config_path, env, resuming=bool(cfg.train.resume))
+    ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else run_dir / "checkpoints"
+    resume_from = ckpt.find_resume(cfg.train.resume, ckpt_dir, env)
+    sharding_cfg = cfg.sharding
+    if resume_from is not None:  # same sharding types as saved: see dlrm_dist.checkpoint
+        sharding_cfg = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(resume_from)["sharding_types"])
     if env.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
@@ -100,17 +107,26 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
     model = build_model(cfg.model, env.device)
     apply_embedding_optimizer(model, cfg.optim.embedding)
-    plan = build_plan(model, cfg.sharding, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
+    plan = build_plan(model, sharding_cfg, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
     if env.is_main:
         (run_dir / "plan.txt").write_text(describe_plan(plan))
         logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])
     dmp = shard_model(model, plan, env)
     optimizer = build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.optim.schedule)
+    state = TrainState()
+    if resume_from is not None:
+        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler)
+        state = TrainState(meta["step"], meta["epoch"])
+        ckpt.warn_if_changed(meta, cfg, env)
+        logger.info("resumed from %s at step %d", resume_from, state.step)
+    checkpointer = None
+    if cfg.train.checkpoint_every or cfg.train.checkpoint_at_end:
+        checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env))
 
     data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)
     sink = MetricsSink(run_dir, env, cfg.metrics)
-    trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink)
+    trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink, checkpointer, state)
     summary = trainer.fit(data)
     sink.write_json("summary.json", summary)
     sink.close()

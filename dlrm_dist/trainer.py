@@ -12,6 +12,10 @@ public API that restores the model's original forwards while keeping the
 in-flight batch), an eval pipeline runs over the split, and ``attach`` hands
 the model back. Every rank runs the same number of batches in both, since
 each data split gives every rank the same number of full batches.
+
+Checkpoints (``dlrm_dist.checkpoint``) are saved between steps the same way,
+with the pipeline detached. A resumed run starts with the saved ``TrainState``
+and asks the training data for the batches from that step on.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import itertools
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -34,6 +38,9 @@ from dlrm_dist.data import DataSplits, make_loader, num_batches
 from dlrm_dist.distributed import DistEnv
 from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
 
+if TYPE_CHECKING:
+    from dlrm_dist.checkpoint import Checkpointer
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,12 +50,16 @@ class TrainState:
     epoch: int = 0
 
 
-def _train_batches(dataset: IterableDataset, device: torch.device, epochs: int) -> Iterator[Any]:
-    """One iterator over all epochs, so the pipeline never drains between epochs."""
-    for epoch in range(epochs):
+def _train_batches(dataset: IterableDataset, device: torch.device, epochs: int, start: int = 0) -> Iterator[Any]:
+    """One iterator over all epochs, so the pipeline never drains between epochs;
+    it begins at overall batch ``start`` (the steps a resumed run has done)."""
+    first_epoch, start_batch = divmod(start, num_batches(dataset))
+    for epoch in range(first_epoch, epochs):
+        skip = start_batch if epoch == first_epoch else 0
         if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)  # e.g. reshuffle batch order
-        yield from make_loader(dataset, device)
+            dataset.set_epoch(epoch, skip)  # e.g. reshuffle batch order; skip without reading
+            skip = 0
+        yield from itertools.islice(make_loader(dataset, device), skip, None)
 
 
 class Trainer:
@@ -61,10 +72,14 @@ class Trainer:
         cfg: TrainConfig,
         metrics_cfg: MetricsConfig,
         sink: MetricsSink,
+        checkpointer: Optional["Checkpointer"] = None,
+        state: Optional[TrainState] = None,
     ) -> None:
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.env, self.cfg, self.metrics_cfg, self.sink = env, cfg, metrics_cfg, sink
-        self.state = TrainState()
+        self.checkpointer = checkpointer
+        self.state = state or TrainState()  # a resumed run's step and epoch
+        self._saved_step = -1
         self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
 
     def total_steps(self, steps_per_epoch: int) -> int:
@@ -94,6 +109,15 @@ class Trainer:
         self.pipeline.attach(model)
         return metrics.compute()
 
+    def save_checkpoint(self) -> None:
+        """Save between steps, with the pipeline detached as for evaluation."""
+        if self.checkpointer is None or self._saved_step == self.state.step:
+            return
+        model = self.pipeline.detach()
+        self.checkpointer.save(self.state.step, self.state.epoch, model, self.optimizer, self.lr_scheduler)
+        self.pipeline.attach(model)
+        self._saved_step = self.state.step
+
     # ----------------------------------------------------------------- train
     def _log_train(self, loss_sum: torch.Tensor, count: int, throughput: Throughput) -> None:
         mean_loss = loss_sum / max(count, 1)
@@ -109,10 +133,11 @@ class Trainer:
         steps_per_epoch = num_batches(data.train)
         total = self.total_steps(steps_per_epoch)
         epochs = -(-total // steps_per_epoch)
-        batches = itertools.islice(_train_batches(data.train, self.env.device, epochs), total)
+        start = self.state.step
+        batches = itertools.islice(_train_batches(data.train, self.env.device, epochs, start), max(total - start, 0))
         throughput = Throughput(self.env.world_size)
         bar = tqdm(
-            total=total, desc="train", unit="step",
+            total=total, initial=start, desc="train", unit="step",
             disable=not (self.env.is_main and self.metrics_cfg.progress_bar),
             mininterval=0.5 if sys.stderr.isatty() else 10.0,  # launchers' logs are not TTYs
         )
@@ -140,10 +165,16 @@ class Trainer:
                 val = self.evaluate(data.val, self.cfg.max_eval_batches)
                 self.sink.event("val", self.state.step, val)
                 throughput.start()
+            if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
+                throughput.pause()
+                self.save_checkpoint()
+                throughput.start()
         if count:  # the steps since the last log event
             self._log_train(loss_sum, count, throughput)
         throughput.pause()
         bar.close()
+        if self.cfg.checkpoint_at_end and self.state.step > 0:
+            self.save_checkpoint()
         return self._finish(data, throughput)
 
     def _finish(self, data: DataSplits, throughput: Throughput) -> Dict[str, Any]:

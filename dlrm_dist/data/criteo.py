@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
 
@@ -116,13 +117,16 @@ class CriteoDataset(IterableDataset):
         self.table_sizes = np.asarray(table_sizes, dtype=np.int64)
         self.multi_hot_sizes, self.multi_hot_distribution = multi_hot_sizes, multi_hot_distribution
         self.seed, self.shuffle, self.shuffle_rows, self.epoch = seed, shuffle, shuffle_rows, 0
+        self.start_batch = 0
 
     def __len__(self) -> int:
         return len(self.rows) // self.batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the batch order of an epoch (shuffle); otherwise each pass advances it by one."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Pick the batch order of an epoch (shuffle); otherwise each pass advances it by one.
+        The next pass starts at batch ``start_batch`` of that order (a resumed run): the
+        rows of the batches before it are never read, only their indices computed."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def batch_order(self, epoch: int) -> np.ndarray:
         """Batch indices in the order an epoch reads them: seeded by (seed, epoch), the
@@ -173,9 +177,9 @@ class CriteoDataset(IterableDataset):
         return tuple(np.concatenate(cols) for cols in zip(*chunks))  # type: ignore[return-value]
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch
-        self.epoch += 1
-        for rows in self.row_batches(epoch):
+        epoch, first = self.epoch, self.start_batch
+        self.epoch, self.start_batch = epoch + 1, 0
+        for rows in itertools.islice(self.row_batches(epoch), first, None):
             dense, sparse, labels = self.take(rows)
             ids = sparse.astype(np.int64) % self.table_sizes
             if self.multi_hot_sizes:

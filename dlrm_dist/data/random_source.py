@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, List, Optional
 
 from torch.utils.data import IterableDataset
@@ -23,6 +24,7 @@ class RandomSplit(IterableDataset):
         seed: int,
     ) -> None:
         self.num_batches = num_batches
+        self.start_batch = 0
         self.dataset = RandomRecDataset(
             keys=SPARSE_FEATURE_NAMES,
             batch_size=batch_size,
@@ -37,5 +39,11 @@ class RandomSplit(IterableDataset):
     def __len__(self) -> int:
         return self.num_batches
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next pass starts at batch ``start_batch`` (a resumed run); the batches
+        before it are skipped, which is cheap: they cycle through 10 cached ones."""
+        self.start_batch = start_batch
+
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.dataset)
+        first, self.start_batch = self.start_batch, 0
+        return itertools.islice(iter(self.dataset), first, None)

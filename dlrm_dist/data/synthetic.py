@@ -156,12 +156,19 @@ class SyntheticDataset(IterableDataset):
         self.table_sizes = table_sizes or teacher.cardinalities
         self.multi_hot_sizes = multi_hot_sizes
         self.multi_hot_distribution = multi_hot_distribution
+        self.start_batch = 0
 
     def __len__(self) -> int:
         return len(self.samples) // self.batch_size
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Every epoch reads the same samples; the next pass starts at batch
+        ``start_batch`` (a resumed run), without generating the ones before it."""
+        self.start_batch = start_batch
+
     def __iter__(self) -> Iterator[Batch]:
-        for b in range(len(self)):
+        first, self.start_batch = self.start_batch, 0
+        for b in range(first, len(self)):
             start = self.samples.start + b * self.batch_size
             s = self.teacher.draw(self.split, start, start + self.batch_size)
             sparse = s.sparse % np.asarray(self.table_sizes)  # hash into smaller tables

@@ -81,6 +81,7 @@ def check_memory(cfg: Config, env: "DistEnv") -> None:
 def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     import torch
 
+    from dlrm_dist import checkpoint as ckpt
     from dlrm_dist.data import build_data
     from dlrm_dist.distributed import init_distributed, teardown
     from dlrm_dist.metrics import MetricsSink
@@ -88,7 +89,6 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
     from dlrm_dist.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
     from dlrm_dist.trainer import Trainer, TrainState, log_summary
-    from dlrm_dist import checkpoint as ckpt
 
     env = init_distributed(cfg.dist)
     setup_logging(env.rank)

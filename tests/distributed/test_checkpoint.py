@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 import torch
@@ -46,7 +46,10 @@ def _tensors(step_dir: Path, tmp: Path) -> Dict[str, torch.Tensor]:
 
     def walk(d: dict, prefix: str) -> None:
         for k, v in d.items():
-            walk(v, f"{prefix}{k}/") if isinstance(v, dict) else flat.__setitem__(prefix + k, v)
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}/")
+            else:
+                flat[prefix + k] = v
 
     walk(torch.load(out, weights_only=False), "")
     return flat

@@ -205,3 +205,23 @@ def test_clear_errors_for_missing_incomplete_or_inconsistent_folders(tmp_path):
     with pytest.raises(CriteoDataError, match=f"{out}: day 1 has no day_1_labels.npy"):
         splits(out)
     assert json.loads((out / "manifest.json").read_text())["rows_per_day"] == [40, 40, 40]
+
+
+@pytest.mark.parametrize("order", [{}, {"shuffle_batches": True}, {"shuffle_rows": True}])
+def test_a_resumed_epoch_starts_at_batch_k_without_reading_the_ones_before(tmp_path, order):
+    raw = tmp_path / "raw"
+    write_raw_days(raw, [200, 120, 40], seed=62)
+    out = our_npy(raw, tmp_path / "npy")
+    whole, resumed = splits(out, 16, seed=7, **order).train, splits(out, 16, seed=7, **order).train
+    whole.set_epoch(1)
+    expected = batches(whole)[5:]
+    read = []
+    take = resumed.take
+    resumed.take = lambda rows: read.append(rows) or take(rows)  # type: ignore[method-assign]
+    resumed.set_epoch(1, start_batch=5)
+    got = batches(resumed)
+    assert len(read) == len(expected) == len(got)  # the first 5 batches' rows were never read
+    for a, b in zip(got, expected):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert len(batches(resumed)) == len(resumed)  # the next pass is whole again

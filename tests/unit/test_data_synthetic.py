@@ -64,3 +64,25 @@ def test_multi_hot_expansion_is_deterministic_and_in_range(dist):
     np.testing.assert_array_equal(a[:, 0], ids)  # the original id comes first
     np.testing.assert_array_equal(a[1], a[2])  # same id, same bag
     assert a.min() >= 0 and a.max() < 1000
+
+
+def test_a_resumed_epoch_starts_at_batch_k():
+    t = Teacher([1000] * 26, seed=3)
+    ds = SyntheticDataset(t, "train", 8 * 64, 64, 0, 1)
+    whole = [b.labels.numpy().tobytes() for b in ds]
+    ds.set_epoch(3, start_batch=5)
+    assert [b.labels.numpy().tobytes() for b in ds] == whole[5:]
+    assert [b.labels.numpy().tobytes() for b in ds] == whole  # one pass only
+
+
+def test_train_batches_resume_across_epochs():
+    """Trainer's one iterator over all epochs, started at overall batch 11 of 3 x 8."""
+    import torch
+
+    from dlrm_dist.data.random_source import RandomSplit
+    from dlrm_dist.trainer import _train_batches
+
+    ds = RandomSplit(4, 8, [50] * 26, None, seed=1)
+    whole = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, torch.device("cpu"), 3)]
+    resumed = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, torch.device("cpu"), 3, start=11)]
+    assert len(whole) == 24 and resumed == whole[11:]

@@ -2,8 +2,9 @@
 
 config -> DistEnv -> model (tables on meta) -> fused embedding optimizer ->
 sharding plan -> DistributedModelParallel -> dense optimizer + LR schedule ->
-[checkpoint loaded] -> data -> Trainer -> summary.json. One process when started by hand; one rank of
-the job under torchrun or torchx (``dist.ddp -m dlrm_dist.train``).
+[checkpoint loaded] -> data -> Trainer -> summary.json. One process when
+started by hand; one rank of the job under torchrun or torchx
+(``dist.ddp -m dlrm_dist.train``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, List, Optional
 from dlrm_dist.config import Config, ConfigError, load_config, to_yaml
 
 if TYPE_CHECKING:
+    from dlrm_dist.config import ShardingConfig
     from dlrm_dist.distributed import DistEnv
 
 # The config is checked before anything heavy is imported, so a typo in it is
@@ -78,16 +80,31 @@ def check_memory(cfg: Config, env: "DistEnv") -> None:
         raise SystemExit(f"dlrm-dist train: error: {problem}")
 
 
-def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
+def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistEnv", run_dir: Path):
+    """Model on meta -> fused embedding optimizer -> plan -> DMP -> dense optimizer + LR."""
     import torch
 
+    from dlrm_dist.model import build_model
+    from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
+    from dlrm_dist.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
+
+    torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
+    model = build_model(cfg.model, env.device)
+    apply_embedding_optimizer(model, cfg.optim.embedding)
+    plan = build_plan(model, sharding_cfg, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
+    if env.is_main:
+        (run_dir / "plan.txt").write_text(describe_plan(plan))
+        logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])
+    dmp = shard_model(model, plan, env)
+    optimizer = build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding)
+    return dmp, plan, optimizer, build_lr_scheduler(optimizer, cfg.optim.schedule)
+
+
+def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     from dlrm_dist import checkpoint as ckpt
     from dlrm_dist.data import build_data
     from dlrm_dist.distributed import init_distributed, teardown
     from dlrm_dist.metrics import MetricsSink
-    from dlrm_dist.model import build_model
-    from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
-    from dlrm_dist.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
     from dlrm_dist.trainer import Trainer, TrainState, log_summary
 
     env = init_distributed(cfg.dist)
@@ -100,20 +117,10 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
         sharding_cfg = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(resume_from)["sharding_types"])
     if env.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-
     if cfg.dist.check_host_memory:  # stop now, not when the OOM killer strikes an hour in
         check_memory(cfg, env)
 
-    torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
-    model = build_model(cfg.model, env.device)
-    apply_embedding_optimizer(model, cfg.optim.embedding)
-    plan = build_plan(model, sharding_cfg, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
-    if env.is_main:
-        (run_dir / "plan.txt").write_text(describe_plan(plan))
-        logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])
-    dmp = shard_model(model, plan, env)
-    optimizer = build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding)
-    lr_scheduler = build_lr_scheduler(optimizer, cfg.optim.schedule)
+    dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, sharding_cfg, env, run_dir)
     state = TrainState()
     if resume_from is not None:
         meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler)

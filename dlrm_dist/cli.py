@@ -4,6 +4,7 @@
     dlrm-dist preprocess --dataset criteo_1tb|criteo_kaggle --input PATH --output DIR ...
     dlrm-dist synth      --format tsv --days D --rows-per-day N --output DIR
     dlrm-dist plan       --config FILE --nodes N --gpus-per-node G ...
+    dlrm-dist report     RUN_DIR [RUN_DIR ...] [--output report.png]
 
 Each subcommand's module has ``main(argv) -> int``; they are imported lazily so
 ``dlrm-dist plan --help`` does not pay for what ``train`` needs.
@@ -20,6 +21,7 @@ COMMANDS = {
     "preprocess": ("dlrm_dist.data.preprocess", "raw Criteo TSV days -> npy days"),
     "synth": ("dlrm_dist.data.synth_tsv", "write raw Criteo-format days from the synthetic teacher"),
     "plan": ("dlrm_dist.plan", "will this job fit? sharding plan and memory per rank and host"),
+    "report": ("dlrm_dist.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
 }
 
 

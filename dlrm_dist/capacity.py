@@ -73,6 +73,8 @@ SYNTHETIC_BYTES_PER_SAMPLE = 1024
 """Working set of the synthetic teacher per generated sample (float64 counts,
 int64 ids, logits, latent vectors), measured ~1 KiB; it also scores the whole
 validation split once for teacher_val_auc."""
+
+
 def eval_samples(data_cfg: DataConfig, table_sizes: List[int]) -> int:
     """Samples in the validation split: the first half of the last day for Criteo."""
     if data_cfg.source != "criteo":

@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch import nn
 
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
 from dlrm_dist.distributed import DistEnv, broadcast_object
+from dlrm_dist.files import write_text_atomic
 from dlrm_dist.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
@@ -64,15 +64,6 @@ def config_digest(cfg: Config) -> str:
     """Hash of the sections a resumed run should share with the saved one."""
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "model", "optim")}
     return hashlib.sha256(yaml.safe_dump(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(directory: Path) -> Optional[Path]:
@@ -181,8 +172,8 @@ class Checkpointer:
         dist.barrier()  # every rank's files are written
         if self.env.is_main:
             meta = {"step": step, "epoch": epoch, "lr_scheduler": lr_scheduler.state_dict(), **self.meta}
-            _write_atomic(path / META, json.dumps(meta, indent=1))
-            _write_atomic(self.directory / LATEST, path.name + "\n")
+            write_text_atomic(path / META, json.dumps(meta, indent=1))
+            write_text_atomic(self.directory / LATEST, path.name + "\n")
             self._prune(step)
         dist.barrier()
         logger.info("checkpoint saved: %s", path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from dlrm_dist.config import MetricsConfig
 from dlrm_dist.distributed import DistEnv
+from dlrm_dist.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,6 @@ def peak_rss_bytes() -> int:
     return max(peak, psutil.Process().memory_info().rss)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class MetricsSink:
     """Rank 0 writes events; every rank may log."""
 
@@ -128,7 +122,7 @@ class MetricsSink:
     def write_json(self, name: str, payload: Dict[str, Any]) -> None:
         """Atomically write ``name`` (rank 0): no half-written file ever looks complete."""
         if self.env.is_main:
-            _atomic_write(self.run_dir / name, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(self.run_dir / name, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
         if self._jsonl is not None:

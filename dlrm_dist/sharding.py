@@ -150,9 +150,9 @@ def build_planner(
 def _pinned_types(cfg: ShardingConfig) -> Dict[str, str]:
     """Tables whose constraints allow exactly one sharding type."""
     pinned = {}
-    for feature, c in build_constraints(cfg).items():
+    for table, c in build_constraints(cfg).items():
         if c.sharding_types and len(c.sharding_types) == 1:
-            pinned[table_name(feature.removeprefix("t_"))] = c.sharding_types[0]
+            pinned[table] = c.sharding_types[0]
     return pinned
 
 

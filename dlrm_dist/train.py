@@ -93,8 +93,9 @@ def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistE
     apply_embedding_optimizer(model, cfg.optim.embedding)
     plan = build_plan(model, sharding_cfg, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
     if env.is_main:
-        (run_dir / "plan.txt").write_text(describe_plan(plan))
-        logger.info("sharding plan:\n%s", describe_plan(plan).split("\n\n")[0])
+        described = describe_plan(plan)
+        (run_dir / "plan.txt").write_text(described)
+        logger.info("sharding plan:\n%s", described.split("\n\n")[0])
     dmp = shard_model(model, plan, env)
     optimizer = build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding)
     return dmp, plan, optimizer, build_lr_scheduler(optimizer, cfg.optim.schedule)

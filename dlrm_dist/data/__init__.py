@@ -24,9 +24,10 @@ class DataSplits:
     """Facts about the data worth reporting, e.g. ``teacher_val_auc``."""
 
 
-def _check_nonempty(splits: DataSplits, cfg: DataConfig, batch_size: int, eval_batch_size: int, env: DistEnv) -> None:
-    for name, ds, bs in (("train", splits.train, batch_size), ("val", splits.val, eval_batch_size), ("test", splits.test, eval_batch_size)):
-        if len(ds) == 0:  # type: ignore[arg-type]
+def _check_nonempty(splits: DataSplits, batch_size: int, eval_batch_size: int, env: DistEnv) -> None:
+    for name, ds, bs in (("train", splits.train, batch_size), ("val", splits.val, eval_batch_size),
+                         ("test", splits.test, eval_batch_size)):
+        if num_batches(ds) == 0:
             raise ValueError(
                 f"data: the {name} split gives no full batch per rank "
                 f"({env.world_size} ranks x batch {bs}); add samples or lower the batch size"
@@ -62,7 +63,7 @@ def build_data(cfg: DataConfig, batch_size: int, table_sizes: List[int], env: Di
         from dlrm_dist.data.criteo import build_criteo_splits
 
         splits = build_criteo_splits(cfg, batch_size, eval_bs, table_sizes, env)
-    _check_nonempty(splits, cfg, batch_size, eval_bs, env)
+    _check_nonempty(splits, batch_size, eval_bs, env)
     return splits
 
 

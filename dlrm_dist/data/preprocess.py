@@ -44,6 +44,7 @@ from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 from dlrm_dist.data.criteo_tsv import BadLine, ParseSpec, parse_block_tolerant
 from dlrm_dist.data.npy_stream import NpyStreamWriter, WriteBehind, sha256_file
 from dlrm_dist.data.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, prefetch, split_kaggle
+from dlrm_dist.files import write_text_atomic
 
 KINDS = ("dense", "sparse", "labels")
 MAX_BAD_LINE_EXAMPLES = 20
@@ -96,9 +97,7 @@ class DayTask:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def _convert(task: DayTask, out: WriteBehind, progress: Callable[[int], None]) -> Tuple[int, List[BadLine]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from torch.utils.data import IterableDataset
@@ -74,6 +74,7 @@ class Teacher:
         self.pairs = [(int(p // NUM_SPARSE_FEATURES), int(p % NUM_SPARSE_FEATURES)) for p in pairs]
         self.pairs = [(f, g) for f, g in self.pairs if f != g][:NUM_PAIRS]
         self._mult = [_coprime_multiplier(n) for n in self.cardinalities]
+        self._last: Optional[Tuple[Tuple[int, int], Samples]] = None  # see _cached_chunk
 
     # ---- per-id hidden parameters (hashed, never stored) -------------------
     def _w(self, f: int, ids: np.ndarray) -> np.ndarray:
@@ -116,11 +117,19 @@ class Teacher:
         labels = (rng.random(CHUNK) < 1.0 / (1.0 + np.exp(-logits))).astype(np.int32)
         return Samples(dense_raw, sparse, logits, labels)
 
+    def _cached_chunk(self, split: int, chunk: int) -> Samples:
+        """``_chunk`` remembering the last one: consecutive batches smaller than a
+        chunk (256 of 4096 samples, say) would otherwise each regenerate it."""
+        key = (split, chunk)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._chunk(split, chunk))
+        return self._last[1]
+
     def draw(self, split: int, start: int, stop: int) -> Samples:
         """Samples ``[start, stop)`` of split ``split`` (any integer stream id)."""
         parts = []
         for c in range(start // CHUNK, (stop - 1) // CHUNK + 1):
-            chunk = self._chunk(split, c)
+            chunk = self._cached_chunk(split, c)
             lo = max(start - c * CHUNK, 0)
             hi = min(stop - c * CHUNK, CHUNK)
             parts.append(Samples(*(a[lo:hi] for a in chunk)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,9 @@ def check_memory(cfg: Config, env: "DistEnv") -> None:
     problem = ""
     if env.local_rank == 0:
         try:
-            check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
+            needed, available = check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
+            logger.info("host memory check on %s: %d rank(s) need %.2f GiB, %.2f GiB available",
+                        socket.gethostname(), env.local_world_size, needed / 2**30, available / 2**30)
         except RuntimeError as e:
             problem = str(e)
     problem = first_error(problem, env)

@@ -211,7 +211,7 @@ cmd_up() {
   start_munge; start_mariadb; start_slurmdbd; start_slurmctld
   for i in "${!NODES[@]}"; do start_slurmd "$i"; done
   local deadline=$((SECONDS + 30))
-  until [ "$(sinfo -h -N -o '%t' 2>/dev/null | grep -cE '^(idle|alloc|mix)')" = "${#NODES[@]}" ]; do
+  until [ "$(sinfo -h -N -o '%t' 2>/dev/null | grep -cE '^(idle|alloc|mix|comp)')" = "${#NODES[@]}" ]; do
     [ $SECONDS -lt $deadline ] || { sinfo -N >&2 || true; die "nodes not idle after 30 s (logs in $STATE/log)"; }
     sleep 0.2
   done

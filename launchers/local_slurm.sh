@@ -37,6 +37,7 @@ NODE_CPUS=${DLRM_SLURM_CPUS:-4}          # declared, may exceed the real count (
 NODE_MEM_MB=${DLRM_SLURM_MEM_MB:-16384}
 
 die() { echo "local_slurm.sh: error: $*" >&2; exit 1; }
+case "$STATE" in /*/*) ;; *) die "DLRM_SLURM_STATE must be an absolute path below /, e.g. /run/dlrm-slurm (down removes it)";; esac
 log() { echo "local_slurm.sh: $*" >&2; }
 need_root() { [ "$(id -u)" = 0 ] || die "'$1' needs root (network namespaces, daemons)"; }
 node_ip() { echo "$NET.$((11 + $1))"; }

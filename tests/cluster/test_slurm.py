@@ -44,7 +44,8 @@ JOB_TIMEOUT_S = 420
 
 def torchx(cluster: Cluster, scheduler: str, component: List[str], run_dir: Path, cwd: Path,
            extra: List[str] = (), wait: bool = True):
-    args = ["torchx", "run"] + (["--wait"] if wait else []) + ["-s", scheduler, *component, "--",
+    # --wait: torchx returns when the job ends (polling sacct), with 1 unless it SUCCEEDED
+    args = ["torchx", "run", "--wait", "-s", scheduler, *component, "--",
             "--config", str(ROOT / "configs" / "smoke.yaml"), "--run-dir", str(run_dir), *OVERRIDES, *extra]
     if wait:
         return cluster.run(args, timeout=JOB_TIMEOUT_S, cwd=cwd)

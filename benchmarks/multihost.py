@@ -27,7 +27,10 @@ CASES = {"local_cwd 1x2": ("local_cwd", "1x2"), "slurm 2x1": ("slurm", "2x1")}
 
 def run_case(scheduler: str, j: str, config: str, overrides: list, work: Path) -> dict:
     run_dir = work / f"{scheduler}-{j}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # One intra-op thread per rank in both cases: torchrun sets it only for nproc_per_node > 1,
+    # so 2x1 ranks would otherwise each take every core (sbatch exports this environment).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()
     proc = subprocess.run(

@@ -174,7 +174,8 @@ start_mariadb() {
   # As root with --user=mysql, no TCP: slurmdbd connects as root over the socket.
   mariadbd --no-defaults --user=mysql --skip-networking --datadir="$STATE/mysql" \
     --socket="$STATE/mysql-run/mysqld.sock" --pid-file="$STATE/mysql-run/mariadb.pid" \
-    --log-error="$STATE/mysql-run/mariadb.log" --innodb-buffer-pool-size=32M --skip-log-bin &
+    --log-error="$STATE/mysql-run/mariadb.log" --innodb-buffer-pool-size=32M --skip-log-bin \
+    >>"$STATE/log/mariadb.console" 2>&1 &
   wait_for 30 mariadb test -S "$STATE/mysql-run/mysqld.sock"
 }
 

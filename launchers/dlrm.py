@@ -13,7 +13,7 @@ This component is the same job with what ``dist.ddp`` leaves out: torchrun's
 
 ``preprocess`` spreads the days of ``dlrm-dist preprocess`` over the nodes of a
 job (node r converts days i with i % nnodes == r into the shared output folder;
-the last node to finish writes manifest.json, see dlrm_dist.data.preprocess):
+the last node to finish writes manifest.json, see dlrm_dist.prep.preprocess):
 
     torchx run -s slurm launchers/dlrm.py:preprocess --nnodes 4 -- \
         --dataset criteo_1tb --input /data/raw --output /data/npy --max-ind-range 40000000

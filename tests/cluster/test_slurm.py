@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,13 +45,13 @@ JOB_TIMEOUT_S = 420
 
 def torchx(cluster: Cluster, scheduler: str, component: List[str], run_dir: Path, cwd: Path,
            extra: List[str] = (), wait: bool = True):
+    """``torchx run --wait`` of the test job from ``cwd`` (Slurm's job dir); ``wait=False`` returns
+    its Popen at once, so the test can hurt the job while torchx waits for it."""
     # --wait: torchx returns when the job ends (polling sacct), with 1 unless it SUCCEEDED
     args = ["torchx", "run", "--wait", "-s", scheduler, *component, "--",
             "--config", str(ROOT / "configs" / "smoke.yaml"), "--run-dir", str(run_dir), *OVERRIDES, *extra]
     if wait:
         return cluster.run(args, timeout=JOB_TIMEOUT_S, cwd=cwd)
-    import subprocess
-
     return subprocess.Popen(args, cwd=cwd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

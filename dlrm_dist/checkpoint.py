@@ -57,6 +57,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 import yaml
 from torch import nn
 
@@ -247,7 +248,7 @@ class Checkpointer:
             write_text_atomic(path / RANK_STATE.format(rank=self.env.rank),
                               json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
             failure = ""
-        except Exception as e:  # dcp's CheckpointException (same on every rank) or this rank's OSError
+        except (Exception, CheckpointException) as e:  # DCP's (a BaseException; raised on every rank) or an OSError
             failure, error = f"{type(e).__name__}: {e}", e
         if first_error(failure, self.env):  # every rank learns if any failed; none waits alone
             raise _save_failed(error if failure else RuntimeError("another rank's save failed"),

@@ -8,10 +8,13 @@ on 2 ranks (checkpoints at 20 and 40) and resumed from step 20 to 40:
   the ranks different mixes of sharding types (table_column_wise on both, plus
   one table_wise table on one rank), so the ranks hold different numbers of
   optimizer param groups: each must restore its own schedule.
-- ``dp_adam``: cat_0 and cat_1 data_parallel (their optimizer state lives
-  outside the fused optimizer: the case that needs sharding types pinned on
-  resume) and fused Adam on the tables (FBGEMM's step counter drives its bias
-  correction and is in no state dict).
+- ``dp``: cat_0 and cat_1 data_parallel (their optimizer state, torch Adagrad
+  with its step counter, lives outside the fused optimizer: the case that needs
+  sharding types pinned on resume).
+
+The dense Adam's step counters are state DCP saves. FBGEMM's fused Adam, whose
+step counter is in no state dict (``set_optimizer_step`` restores it), runs
+only on GPUs ("Optimizer adam is not supported in CPU mode"): not tested here.
 
 "Exact" means bit for bit: ``==`` on the metrics, ``torch.equal`` on every tensor.
 """
@@ -38,8 +41,7 @@ BASE = [
 ]
 SETUPS: Dict[str, List[str]] = {
     "planner": [],
-    "dp_adam": ["optim.embedding.name=adam",
-                "sharding.tables={cat_0: {sharding_types: [data_parallel]}, cat_1: {sharding_types: [data_parallel]}}"],
+    "dp": ["sharding.tables={cat_0: {sharding_types: [data_parallel]}, cat_1: {sharding_types: [data_parallel]}}"],
 }
 SUMMARY_KEYS = ("val_auc", "val_logloss", "val_accuracy", "test_auc", "test_logloss", "test_accuracy", "steps")
 
@@ -127,7 +129,7 @@ def test_resume_on_one_rank_reshards_tables(straight: tuple, tmp_path: Path):
     loaded state (tables, fused and data_parallel optimizer state) equals the saved,
     and the LR schedule, rebuilt from the step, gives the same LRs."""
     setup, run_dir, _ = straight
-    if setup != "dp_adam":
+    if setup != "dp":
         pytest.skip("the data_parallel setup is the one whose sharding types must be pinned")
     one = tmp_path / "one"
     summary = _train(one, "train.max_steps=20", "train.checkpoint_at_end=true",
@@ -142,6 +144,26 @@ def test_resume_on_one_rank_reshards_tables(straight: tuple, tmp_path: Path):
     assert any(k.startswith("optim/state/embedding_dp.") for k in state)  # data_parallel tables'
     lrs = lambda d: {lr for s in _rank_states(d) for lr in s["lr_scheduler"]["_last_lr"]}  # noqa: E731
     assert lrs(one / "checkpoints/step-20") == lrs(run_dir / "checkpoints/step-20")
+
+
+def test_row_wise_and_column_wise_reshard_both_ways(tmp_path: Path):
+    """cat_0 row_wise and cat_1 column_wise (the hand-built CPU plan), the rest table_wise:
+    2 ranks -> 1 -> 2 reproduces the 2-rank run bit for bit, and 1 rank trains on."""
+    pins = ["sharding.tables={cat_0: {sharding_types: [row_wise]}, cat_1: {sharding_types: [column_wise]}}"]
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    sa = _train(a, "train.max_steps=20", "train.checkpoint_every=10", "train.keep_checkpoints=0", *pins)
+    assert "t_cat_0      row_wise" in (a / "plan.txt").read_text()
+    # 2 -> 1, no step: the 1-rank checkpoint holds exactly the 2-rank one
+    _train(b, "train.max_steps=10", "train.checkpoint_at_end=true", f"train.resume={a / 'checkpoints/step-10'}", ranks=1)
+    assert "t_cat_0      row_wise" in (b / "plan.txt").read_text()
+    assert_same_state(a / "checkpoints/step-10", b / "checkpoints/step-10", tmp_path)
+    # 1 -> 2, then 10 steps: the same as the 2-rank run that was never resharded
+    sc = _train(c, "train.max_steps=20", "train.checkpoint_at_end=true", f"train.resume={b / 'checkpoints/step-10'}")
+    assert {k: sa[k] for k in SUMMARY_KEYS} == {k: sc[k] for k in SUMMARY_KEYS}
+    assert_same_state(a / "checkpoints/step-20", c / "checkpoints/step-20", tmp_path)
+    # 2 -> 1, then 5 steps on 1 rank
+    sd = _train(d, "train.max_steps=25", f"train.resume={a / 'checkpoints/step-20'}", ranks=1)
+    assert sd["steps"] == 25 and sd["world_size"] == 1 and 0.0 < sd["val_logloss"] < 1.0
 
 
 # ----------------------------------------------------------- killed saves, bad paths

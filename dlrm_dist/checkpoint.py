@@ -198,7 +198,7 @@ def _no_space(error: BaseException, directory: Path) -> bool:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
                 return True
             exc = exc.__cause__ or exc.__context__
-    return _free_bytes(directory) < 1 << 20
+    return 0 <= _free_bytes(directory) < 1 << 20
 
 
 def _free_bytes(directory: Path) -> int:
@@ -220,7 +220,10 @@ def _save_failed(error: BaseException, path: Path, env: DistEnv) -> CheckpointEr
         return CheckpointError(f"saving checkpoint {path}: no space left on device "
                                f"({_free_bytes(path.parent) / 2**20:.1f} MiB free there after removing "
                                f"the partial save){kept}")
-    return CheckpointError(f"saving checkpoint {path} failed: {error}{kept}")
+    failures = getattr(error, "failures", None)  # DCP's: {rank: (exception, traceback)}
+    what = "; ".join(f"rank {r}: {type(f[0]).__name__}: {f[0]}" for r, f in sorted(failures.items())) \
+        if failures else f"{type(error).__name__}: {error}"
+    return CheckpointError(f"saving checkpoint {path} failed: {what}{kept}")
 
 
 class Checkpointer:

@@ -12,10 +12,9 @@ launches it:
   - a lost node (its slurmd and every process in it killed) ends the job within a
     bounded time, never a hang.
 
-Config: the smoke model on a few hundred steps. ``sharding_types=[table_wise]`` is
-forced: on the planner's own mix of types a resume crashes today (per-rank LR
-schedule state, issue 8's resume bug, fixed separately); table_wise makes the kill
-test about the restart path itself.
+Config: the smoke model on 200 steps, with the planner's own choice of sharding
+types (ranks may hold different mixes: each restores its own optimizer and LR
+schedule state on resume).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ OVERRIDES = [
     "data.val_samples=4096", "data.test_samples=4096",
     "train.batch_size=64", "train.eval_every=0", "train.checkpoint_every=50",
     "metrics.log_every=5", "metrics.progress_bar=false",
-    "sharding.sharding_types=[table_wise]",
 ]
 JOB_TIMEOUT_S = 420
 
@@ -166,30 +164,38 @@ def test_preprocess_component_over_two_nodes_equals_one_host_byte_for_byte(slurm
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
-def test_lost_node_fails_the_job_within_a_bounded_time(slurm: Cluster, tmp_path):
-    """Node 2 vanishes mid-run (slurmd, step daemons and ranks SIGKILLed): the job must end,
-    FAILED / NODE_FAIL, well within the bound, and rank 0's log must say why."""
+def test_lost_node_ends_the_attempt_within_a_bounded_time(slurm: Cluster, tmp_path):
+    """Node 2 vanishes mid-run (slurmd, step daemons and ranks SIGKILLed). Within a bound the
+    attempt ends NODE_FAIL: Slurm either fails the job or, since torchx submits with
+    ``--requeue``, requeues it (PENDING, to start again when nodes are back; with
+    ``train.resume=latest`` it resumes). Never a hang; rank 0's log names the lost peer."""
     run_dir = tmp_path / "run"
     job = torchx(slurm, "slurm", [f"{ROOT}/launchers/dlrm.py:train", "-j", "2x1"], run_dir, tmp_path, wait=False)
+    jid = None
     try:
         _wait_for(lambda: any(e["event"] == "train" and e["step"] >= 20 for e in _events(run_dir)),
                   240, "training to start")
+        jid = next(tmp_path.glob("slurm-*-train-0.err")).name.split("-")[1]
         t0 = time.monotonic()
         kill = slurm.run([str(SCRIPT), "kill-node", "dlrm-n2"], timeout=60)
         assert kill.returncode == 0, kill.stderr
-        out, _ = job.communicate(timeout=180)  # the bound: SlurmdTimeout 10 s + torchrun/srun teardown
+
+        def attempt_ended():  # -D: every attempt of a requeued job
+            states = slurm.run(["sacct", "-n", "-X", "-D", "-P", "-j", jid, "-o", "State"]).stdout.split()
+            return states if any(st in {"NODE_FAIL", "FAILED", "REQUEUED"} for st in states) else None
+
+        # the bound: SlurmdTimeout (10 s) + a ping round + srun teardown
+        states = _wait_for(attempt_ended, 120, f"job {jid} to end after node 2 was lost", poll=1)
         took = time.monotonic() - t0
     finally:
+        if jid:
+            slurm.run(["scancel", jid])  # a requeued attempt would wait for the node, then start again
         if job.poll() is None:
             job.kill()
+        job.communicate()
         slurm.up()  # brings node 2's slurmd back (ReturnToService=2 lets it rejoin)
-    jid = job_id(out)
-    assert job.returncode != 0, out[-2000:]
-    states = slurm.run(["sacct", "-n", "-X", "-P", "-j", jid, "-o", "State"]).stdout.split()
-    assert states and all(s in {"FAILED", "NODE_FAIL", "CANCELLED"} or s.startswith("CANCELLED") for s in states), states
     logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("slurm-*"))
-    # what the user reads: Slurm names the node, rank 0 names the peer it lost
-    assert "Node failure on dlrm-n2" in logs or "DUE TO NODE FAILURE" in logs, logs[-4000:]
     assert any(m in logs for m in ("Connection reset by peer", "Connection closed by peer")), logs[-4000:]
+    assert "rank 0 failed" in logs or "rank 1 failed" in logs, logs[-4000:]
     assert not (run_dir / "summary.json").exists()
-    print(f"\nlost node: job {jid} ended {states} {took:.1f} s after node 2 was killed")
+    print(f"\nlost node: job {jid} attempt ended {states} {took:.1f} s after node 2 was killed")

@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -89,3 +89,21 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def relaunch_under_torchrun(script: str, nproc: int, argv: List[str]) -> int:
+    """Run ``script argv`` as ``nproc`` local ranks under torchrun (rendezvous on a free
+    port); the ranks find RANK in their environment and do the work."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(Path(script).resolve()), *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+def default_nproc() -> int:
+    """Local ranks of a benchmark: every GPU on CUDA, 2 on CPU."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 2

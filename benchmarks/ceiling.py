@@ -63,20 +63,23 @@ class Ceiling:
 
 
 class _GemmRecorder(TorchDispatchMode):
-    """Records (op, argument shapes) of every matrix multiply dispatched inside it."""
+    """Records (op, [(shape, stride)]) of every matrix multiply dispatched inside it:
+    strides too, since backward multiplies transposed views and the layout changes
+    which GEMM kernel runs."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: List[Tuple[Any, List[torch.Size]]] = []
+        self.calls: List[Tuple[Any, List[Tuple[torch.Size, Tuple[int, ...]]]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if func in GEMM_OPS:
-            self.calls.append((func, [a.shape for a in args if isinstance(a, torch.Tensor)]))
+            self.calls.append((func, [(a.shape, a.stride()) for a in args if isinstance(a, torch.Tensor)]))
         return func(*args, **(kwargs or {}))
 
 
-def _gemm_flops(func: Any, shapes: Sequence[torch.Size]) -> float:
+def _gemm_flops(func: Any, operands: Sequence[Tuple[torch.Size, Tuple[int, ...]]]) -> float:
     """2*m*n*k of one recorded call (addmm's first argument is the bias)."""
+    shapes = [shape for shape, _ in operands]
     if func is aten.addmm.default:
         shapes = shapes[1:]
     a, b = shapes[0], shapes[1]
@@ -109,8 +112,15 @@ def _time(stmt: Callable[[], Any], min_run_time: float) -> float:
 
 
 def time_gemms(calls: list, device: torch.device, min_run_time: float) -> float:
-    """Seconds to run the recorded multiplies once, back to back, on random fp32 data."""
-    operands = [(f, [torch.randn(s, device=device) for s in shapes]) for f, shapes in calls]
+    """Seconds to run the recorded multiplies once, back to back, on random fp32 data
+    laid out as in the model (same shapes and strides)."""
+
+    def tensor(shape: torch.Size, stride: Tuple[int, ...]) -> torch.Tensor:
+        if 0 in stride or any(n == 0 for n in shape):  # broadcast views: a plain tensor does
+            return torch.randn(shape, device=device)
+        return torch.empty_strided(shape, stride, device=device).normal_()
+
+    operands = [(f, [tensor(*op) for op in ops]) for f, ops in calls]
 
     def run() -> None:
         for f, args in operands:

@@ -10,18 +10,20 @@ chosen ranks record steps ``start ... stop-1`` and then
   ``tensorboard --logdir <run_dir>/profile`` shows it in the PyTorch profiler tab;
 * log the top ops (``key_averages().table``) by self time.
 
-TorchRec's pipelines mark their stages with ``record_function`` ("## forward ##",
+In the trace, ``ProfilerStep#0`` is training step ``start``, ``#1`` the next, and so
+on. TorchRec's pipelines mark their stages with ``record_function`` ("## forward ##",
 "## sparse_data_dist ##" ...), so those names appear as spans in the trace.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import torch
-from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,12 @@ class StepProfiler:
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # no warm-up steps: the window is exactly what was asked
+            warnings.filterwarnings("ignore", message=".*warmup.*")
+            window = schedule(wait=0, warmup=0, active=self.stop - self.start, repeat=1)
         self._prof = profile(
             activities=activities,
+            schedule=window,  # a schedule also makes step() mark ProfilerStep#0, #1 ... spans
             on_trace_ready=self._trace_ready,
             record_shapes=True,
         )
@@ -57,15 +63,15 @@ class StepProfiler:
     def after_step(self, step: int) -> None:
         if self._prof is None:
             return
-        self._prof.step()  # marks ProfilerStep#N spans in the trace
+        self._prof.step()  # after the window's last step this writes the trace (_trace_ready)
         if step >= self.stop:
             self.finish()
 
     def finish(self) -> None:
-        """Stop early (the run ended inside the window): the trace is still written."""
+        """Stop; a run that ended inside the window still gets its (shorter) trace."""
         if self._prof is not None:
             prof, self._prof = self._prof, None
-            prof.stop()  # calls _trace_ready
+            prof.stop()
             self.enabled = False
 
     def _trace_ready(self, prof: profile) -> None:

@@ -25,8 +25,9 @@ clock.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -49,6 +50,7 @@ class Ceiling:
     gemm_flops_per_sample: float
     gemm_calls_per_step: int
     gemm_seconds_per_step: float
+    gemm_cpu_seconds_per_step: Optional[float]
     gemm_gflops_at_model_shapes: float
     gemm_gflops_square: float
     gemm_ceiling_samples_per_s: float
@@ -111,9 +113,11 @@ def _time(stmt: Callable[[], Any], min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def time_gemms(calls: list, device: torch.device, min_run_time: float) -> float:
+def time_gemms(calls: list, device: torch.device, min_run_time: float) -> Tuple[float, Optional[float]]:
     """Seconds to run the recorded multiplies once, back to back, on random fp32 data
-    laid out as in the model (same shapes and strides)."""
+    laid out as in the model (same shapes and strides): wall-clock, and on CPU also
+    this process's CPU-seconds (the best of 3), which a machine shared with other
+    work inflates far less."""
 
     def tensor(shape: torch.Size, stride: Tuple[int, ...]) -> torch.Tensor:
         if 0 in stride or any(n == 0 for n in shape):  # broadcast views: a plain tensor does
@@ -127,7 +131,15 @@ def time_gemms(calls: list, device: torch.device, min_run_time: float) -> float:
             f(*args)
 
     run()  # warm-up: first-call allocations and kernel selection
-    return _time(run, min_run_time)
+    wall = _time(run, min_run_time)
+    if device.type == "cuda":
+        return wall, None
+    cpu = []
+    for _ in range(3):
+        start = time.process_time()
+        run()
+        cpu.append(time.process_time() - start)
+    return wall, min(cpu)
 
 
 def square_gemm_gflops(device: torch.device, min_run_time: float) -> float:
@@ -170,7 +182,7 @@ def measure(model_cfg: ModelConfig, optim_cfg: OptimConfig, multi_hot_sizes: Seq
     """Every ceiling of one rank, in this process (call it on all ranks at once so
     they share the machine as they do while training)."""
     flops_per_sample, calls = dense_step_gemms(model_cfg, batch_size, device)
-    gemm_s = time_gemms(calls, device, min_run_time)
+    gemm_s, gemm_cpu_s = time_gemms(calls, device, min_run_time)
     recorded = sum(_gemm_flops(f, s) for f, s in calls)
     bw = memcpy_gb_per_s(device, min_run_time / 2)
     emb_bytes = embedding_bytes_per_sample(model_cfg, optim_cfg, multi_hot_sizes)
@@ -181,6 +193,7 @@ def measure(model_cfg: ModelConfig, optim_cfg: OptimConfig, multi_hot_sizes: Seq
         gemm_flops_per_sample=flops_per_sample,
         gemm_calls_per_step=len(calls),
         gemm_seconds_per_step=gemm_s,
+        gemm_cpu_seconds_per_step=gemm_cpu_s,
         gemm_gflops_at_model_shapes=recorded / gemm_s / 1e9,
         gemm_gflops_square=square_gemm_gflops(device, min_run_time / 2),
         gemm_ceiling_samples_per_s=gemm_ceiling,

@@ -78,10 +78,12 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
     return list(dict.fromkeys(cases))  # de-duplicated, in order
 
 
-def window_rates(events: List[Dict[str, Any]], warmup_steps: int, global_batch: int, world: int) -> List[float]:
-    """Per-rank samples/s of each window between consecutive train log events after warm-up."""
+def window_rates(events: List[Dict[str, Any]], warmup_steps: int, global_batch: int, world: int,
+                 clock: str = "time") -> List[float]:
+    """Per-rank samples/s of each window between consecutive train log events after
+    warm-up, by the wall clock (``time``) or by rank 0's CPU-seconds (``cpu_s``)."""
     train = [e for e in events if e["event"] == "train" and e["step"] >= warmup_steps]
-    return [(b["step"] - a["step"]) * global_batch / (b["time"] - a["time"]) / world
+    return [(b["step"] - a["step"]) * global_batch / (b[clock] - a[clock]) / world
             for a, b in zip(train, train[1:])]
 
 
@@ -102,7 +104,14 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> Dict[str, Any]:
     ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(case.nproc)]
     rates = window_rates(events, args.warmup_steps, case.batch_size * case.nproc, case.nproc)
     per_rank = spread(rates)
-    ceil = {k: statistics.median(r["ceiling"][k] for r in ranks) for k in ranks[0]["ceiling"]}
+    ceil = {k: statistics.median(r["ceiling"][k] for r in ranks) if ranks[0]["ceiling"][k] is not None else None
+            for k in ranks[0]["ceiling"]}
+    cpu = {}
+    if ceil["gemm_cpu_seconds_per_step"]:  # CPU only: the same fraction in CPU-seconds
+        cpu_rates = spread(window_rates(events, args.warmup_steps, case.batch_size * case.nproc, case.nproc, "cpu_s"))
+        cpu = {"samples_per_cpu_s_rank0": cpu_rates,
+               "fraction_of_gemm_ceiling_cpu_time":
+                   cpu_rates["median"] * ranks[0]["ceiling"]["gemm_cpu_seconds_per_step"] / case.batch_size}
     return {
         "name": case.name, **asdict(case), "world_size": case.nproc, "batch_size_per_rank": case.batch_size,
         "global_batch_size": case.batch_size * case.nproc,
@@ -113,8 +122,10 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> Dict[str, Any]:
         "fraction_of_gemm_ceiling": per_rank["median"] / ceil["gemm_ceiling_samples_per_s"],
         "fraction_of_memory_ceiling": per_rank["median"] / ceil["memory_ceiling_samples_per_s"],
         "fraction_of_combined_ceiling": per_rank["median"] / ceil["combined_ceiling_samples_per_s"],
+        **cpu,
         "plan": json.loads((run_dir / "plan.json").read_text()),
         "threads_per_rank": [r["threads"] for r in ranks],
+        "cpu_per_wall_s_per_rank": [r["cpu_per_wall_s"] for r in ranks],
         "peak_rss_bytes_per_rank": [r["peak_rss_bytes"] for r in ranks],
         "wall_s": time.perf_counter() - start,
     }
@@ -140,7 +151,10 @@ def print_case(r: Dict[str, Any]) -> None:
     print(f"[{r['name']}] {s['median']:9.0f} samples/s per rank (min {s['min']:.0f}, max {s['max']:.0f})"
           f"  gemm ceiling {r['ceiling']['gemm_ceiling_samples_per_s']:9.0f} -> "
           f"{r['fraction_of_gemm_ceiling']:.0%}   memory ceiling "
-          f"{r['ceiling']['memory_ceiling_samples_per_s']:9.0f} -> {r['fraction_of_memory_ceiling']:.1%}", flush=True)
+          f"{r['ceiling']['memory_ceiling_samples_per_s']:9.0f} -> {r['fraction_of_memory_ceiling']:.1%}   "
+          f"CPU-s per s: {', '.join(f'{x:.2f}' for x in r['cpu_per_wall_s_per_rank'])}"
+          + (f"   in CPU time: {r['fraction_of_gemm_ceiling_cpu_time']:.0%} of the GEMM ceiling"
+             if "fraction_of_gemm_ceiling_cpu_time" in r else ""), flush=True)
 
 
 def plot(result: Dict[str, Any], out_dir: Path) -> List[str]:

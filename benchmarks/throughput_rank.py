@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +34,16 @@ from dlrm_dist.distributed import init_distributed  # noqa: E402
 from dlrm_dist.metrics import MetricsSink, peak_rss_bytes  # noqa: E402
 from dlrm_dist.train import build_sharded_model, make_run_dir, setup_logging  # noqa: E402
 from dlrm_dist.trainer import Trainer  # noqa: E402
+
+
+class CpuClockSink(MetricsSink):
+    """Train events also carry this process's CPU-seconds (``cpu_s``), so a window's
+    rate can be expressed per CPU-second too: robust on a machine others share."""
+
+    def event(self, kind, step, values):  # noqa: ANN001, ANN201
+        if kind == "train":
+            values = {**values, "cpu_s": time.process_time()}
+        super().event(kind, step, values)
 
 
 def plan_table(plan) -> dict:  # noqa: ANN001 - a torchrec ShardingPlan
@@ -72,8 +83,13 @@ def main() -> int:
     run_dir = make_run_dir(args.run_dir, args.config, env)
     dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, cfg.sharding, env, run_dir)
     data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)
-    sink = MetricsSink(run_dir, env, cfg.metrics)
+    sink = CpuClockSink(run_dir, env, cfg.metrics)
+    wall, cpu = time.perf_counter(), time.process_time()
     summary = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink).fit(data)
+    # CPU-seconds this rank got per second of training (all its threads): below its
+    # thread count means it waited - on peers, on communication, or for a core the
+    # machine's other work held.
+    cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
     sink.close()
     rss = peak_rss_bytes()
     del dmp, optimizer, data  # free the tables before timing the ceilings
@@ -81,7 +97,7 @@ def main() -> int:
     dist.barrier()  # all ranks measure together, sharing the machine as in training
     ceil = ceiling.measure(cfg.model, cfg.optim, cfg.data.multi_hot_sizes, cfg.train.batch_size,
                            env.device, min_run_time=args.ceiling_seconds)
-    record = {"rank": env.rank, "ceiling": ceil.to_dict(), "peak_rss_bytes": rss,
+    record = {"rank": env.rank, "ceiling": ceil.to_dict(), "peak_rss_bytes": rss, "cpu_per_wall_s": cpu_per_wall,
               "threads": torch.get_num_threads(), "steps": summary["steps"]}
     (run_dir / f"rank{env.rank}.json").write_text(json.dumps(record, indent=2) + "\n")
     if env.is_main:

@@ -1,5 +1,6 @@
-"""The training loop: TrainPipelineSparseDist for training, EvalPipelineSparseDist
-for evaluation, and the decisions of when to log and when to evaluate.
+"""The training loop: a TorchRec train pipeline (``train.pipeline``, by default
+TrainPipelineSparseDist) for training, EvalPipelineSparseDist for evaluation,
+and the decisions of when to log and when to evaluate.
 
 ``TrainPipelineSparseDist`` keeps two batches in flight: while batch i runs
 forward/backward, batch i+1's input all-to-all (ids to the ranks that own their

@@ -39,6 +39,8 @@ def test_throughput_reports_its_ceilings(tmp_path: Path):
     for key in ("fraction_of_gemm_ceiling", "fraction_of_memory_ceiling", "fraction_of_combined_ceiling"):
         assert 0 < case[key] < 5, (key, case[key])
     assert case["fraction_of_memory_ceiling"] < case["fraction_of_combined_ceiling"]
+    assert 0 < case["fraction_of_gemm_ceiling_cpu_time"] < 5  # the same in CPU-seconds (CPU hosts)
+    assert len(case["cpu_per_wall_s_per_rank"]) == 1 and case["threads_per_rank"][0] >= 1
     assert len(case["plan"]) == 26 and all("sharding_type" in p for p in case["plan"].values())
     assert all((out.parent / p).stat().st_size > 0 for p in result["plots"])
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ceiling.py beside th
 import ceiling  # noqa: E402
 
 from dlrm_dist.config import load_config  # noqa: E402
-from dlrm_dist.data import build_data  # noqa: E402
+from dlrm_dist.data.build import build_data  # noqa: E402
 from dlrm_dist.distributed import init_distributed  # noqa: E402
 from dlrm_dist.metrics import MetricsSink, peak_rss_bytes  # noqa: E402
 from dlrm_dist.train import build_sharded_model, make_run_dir, setup_logging  # noqa: E402

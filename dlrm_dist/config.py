@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 
+from dlrm_dist.errors import UserError
+
 # Criteo layout: 13 integer ("dense") features, 26 categorical ones.
 NUM_DENSE_FEATURES = 13
 NUM_SPARSE_FEATURES = 26
@@ -37,7 +39,7 @@ SHARDING_TYPES = (
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the source."""
 
 
@@ -224,6 +226,10 @@ class DistConfig:
     """Process-group backend; auto is nccl on CUDA, gloo on CPU."""
     check_host_memory: bool = True
     """Refuse to start when the host has less free RAM than the job needs."""
+    timeout_s: float = 600.0
+    """Longest any collective may wait for its peers (process-group timeout): a
+    rank that stops answering makes the others fail after this many seconds
+    instead of holding the job (torch's default is 30 minutes)."""
     num_threads: int = 0
     """Intra-op CPU threads per rank; 0: OMP_NUM_THREADS when set, else this
     process's cores / ranks on the host, so ranks never oversubscribe the CPU."""
@@ -351,7 +357,13 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
     cfg = _build_section(Config, raw, "", source)
-    for text in overrides or []:
+    return apply_overrides(cfg, overrides or [], source)
+
+
+def apply_overrides(cfg: Config, overrides: List[str], source: str = "config") -> Config:
+    """A new Config: ``cfg`` with dotted ``overrides`` applied, validated again
+    (``dlrm-dist plan`` tries its remedies this way without rereading the YAML)."""
+    for text in overrides:
         key, value = parse_override(text)
         merged = dataclasses.asdict(cfg)
         _merge(merged, key, value)
@@ -380,6 +392,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'model.top_mlp': last layer must be 1, got {m.top_mlp}")
     if t.batch_size <= 0:
         raise ConfigError(f"{source}: key 'train.batch_size': must be > 0")
+    if cfg.dist.timeout_s <= 0:
+        raise ConfigError(f"{source}: key 'dist.timeout_s': must be > 0, got {cfg.dist.timeout_s}")
     if t.profile_steps and (len(t.profile_steps) != 2 or not 0 <= t.profile_steps[0] < t.profile_steps[1]):
         raise ConfigError(f"{source}: key 'train.profile_steps': expected [start, stop] with "
                           f"0 <= start < stop, got {t.profile_steps}")

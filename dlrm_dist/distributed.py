@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import timedelta
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from dlrm_dist.config import DistConfig
+from dlrm_dist.errors import UserError
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ class DistEnv:
     local_world_size: int
     device: torch.device
     backend: str
+    timeout_s: float = 600.0  # the process group's: bounds every collective (dist.timeout_s)
 
     @property
     def is_main(self) -> bool:
@@ -92,9 +97,13 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     backend = pick_backend(cfg, device)
     torch.set_num_threads(cpu_threads(cfg, local_world_size))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    env = DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
-    logger.info("rank %d/%d on %s (%s), %d CPU threads", rank, world_size, device, backend, torch.get_num_threads())
+        # Bounds every collective: a peer that stops answering fails the others after
+        # this long (gloo: "Timed out waiting ... for recv/send"; nccl: the watchdog
+        # aborts the communicator) instead of torch's default 30 minutes.
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    env = DistEnv(rank, world_size, local_rank, local_world_size, device, backend, cfg.timeout_s)
+    logger.info("rank %d/%d on %s (%s, collectives time out after %g s), %d CPU threads", rank, world_size,
+                device, backend, cfg.timeout_s, torch.get_num_threads())
     return env
 
 
@@ -113,7 +122,25 @@ def first_error(message: str, env: DistEnv) -> str:
     return next((m for m in messages if m), "")
 
 
-def teardown() -> None:
+def collectively(fn: Callable[[], T], env: DistEnv) -> T:
+    """``fn()`` on every rank; if it raised a :class:`UserError` on any rank, every
+    rank raises one with the first such message, so all stop together and no rank
+    is left waiting in a collective for one that quit."""
+    result, message = None, ""
+    try:
+        result = fn()
+    except UserError as e:
+        message = str(e)
+    message = first_error(message, env)
+    if message:
+        raise UserError(message)
+    return result  # type: ignore[return-value]
+
+
+def teardown(clean: bool = True) -> None:
+    """Leave the process group: after a last barrier when the run ended well; at once
+    after an error (the other ranks may be gone, a barrier would wait for them)."""
     if dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

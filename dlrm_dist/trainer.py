@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import IterableDataset
 from torchrec.distributed.train_pipeline import (
     EvalPipelineSparseDist,
     TrainPipeline,
@@ -40,9 +39,12 @@ from torchrec.distributed.train_pipeline import (
 from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSemiSync
 from tqdm import tqdm
 
+from dlrm_dist import faults
 from dlrm_dist.config import ConfigError, MetricsConfig, TrainConfig
-from dlrm_dist.data import DataSplits, make_loader, num_batches
+from dlrm_dist.data.contract import DataSplits, ResumableSplit
+from dlrm_dist.data.loader import make_loader
 from dlrm_dist.distributed import DistEnv
+from dlrm_dist.errors import UserError
 from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
 from dlrm_dist.profiling import StepProfiler
 
@@ -76,16 +78,14 @@ def build_train_pipeline(kind: str, model: nn.Module, optimizer: torch.optim.Opt
     return TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
 
 
-def _train_batches(dataset: IterableDataset, device: torch.device, epochs: int, start: int = 0) -> Iterator[Any]:
+def _train_batches(split: ResumableSplit, device: torch.device, epochs: int, start: int = 0) -> Iterator[Any]:
     """One iterator over all epochs, so the pipeline never drains between epochs;
     it begins at overall batch ``start`` (the steps a resumed run has done)."""
-    first_epoch, start_batch = divmod(start, num_batches(dataset))
+    first_epoch, start_batch = divmod(start, len(split))
     for epoch in range(first_epoch, epochs):
-        skip = start_batch if epoch == first_epoch else 0
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch, skip)  # e.g. reshuffle batch order; skip without reading
-            skip = 0
-        yield from itertools.islice(make_loader(dataset, device), skip, None)
+        # e.g. reshuffle the batch order; a resumed epoch skips batches without reading them
+        split.set_epoch(epoch, start_batch if epoch == first_epoch else 0)
+        yield from make_loader(split, device)
 
 
 class Trainer:
@@ -106,6 +106,7 @@ class Trainer:
         self.checkpointer = checkpointer
         self.state = state or TrainState()  # a resumed run's step and epoch
         self._saved_step = -1
+        self._phase = "setup"
         self.pipeline = build_train_pipeline(cfg.pipeline, model, optimizer, env.device)
         self.profiler = StepProfiler(sink.run_dir, cfg.profile_steps, cfg.profile_ranks, env.rank, env.device)
 
@@ -125,12 +126,12 @@ class Trainer:
         return self.cfg.epochs * steps_per_epoch
 
     # ------------------------------------------------------------------ eval
-    def evaluate(self, dataset: IterableDataset, max_batches: int = 0) -> Dict[str, float]:
+    def evaluate(self, split: ResumableSplit, max_batches: int = 0) -> Dict[str, float]:
         """AUROC / logloss / accuracy of the model on a split, synced over ranks."""
         model = self._detach()  # original forwards back; in-flight batch kept
         model.eval()
         metrics = EvalMetrics(self.env.device, self.metrics_cfg.auroc_thresholds)
-        batches: Iterator[Any] = iter(make_loader(dataset, self.env.device))
+        batches: Iterator[Any] = iter(make_loader(split, self.env.device))
         if max_batches > 0:
             batches = itertools.islice(batches, max_batches)
         pipeline = EvalPipelineSparseDist(model, self.optimizer, self.env.device)
@@ -167,7 +168,7 @@ class Trainer:
         })
 
     def fit(self, data: DataSplits) -> Dict[str, Any]:
-        steps_per_epoch = num_batches(data.train)
+        steps_per_epoch = len(data.train)
         total = self.total_steps(steps_per_epoch)
         epochs = -(-total // steps_per_epoch)
         start = self.state.step
@@ -178,10 +179,31 @@ class Trainer:
             disable=not (self.env.is_main and self.metrics_cfg.progress_bar),
             mininterval=0.5 if sys.stderr.isatty() else 10.0,  # launchers' logs are not TTYs
         )
-        loss_sum, count = torch.zeros((), device=self.env.device), 0
         self.model.train()
         throughput.start()
+        try:
+            self._loop(data, batches, total, throughput, bar)
+        except UserError:
+            raise  # its one line comes from the entry point
+        except Exception as e:  # a collective that timed out or lost its peer; an error of this rank
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            logger.error("rank %d failed in %s: %s: %s (collectives time out after dist.timeout_s=%g)",
+                         self.env.rank, self._phase, type(e).__name__, first_line, self.env.timeout_s)
+            raise
+        throughput.pause()
+        self.profiler.finish()
+        bar.close()
+        if self.cfg.checkpoint_at_end and self.state.step > 0:
+            self.save_checkpoint()
+        return self._finish(data, throughput)
+
+    def _loop(self, data: DataSplits, batches: Iterator[Any], total: int, throughput: Throughput, bar: tqdm) -> None:
+        """The steps; ``self._phase`` says which collectives run now, for the error log."""
+        steps_per_epoch = len(data.train)
+        loss_sum, count = torch.zeros((), device=self.env.device), 0
         while True:
+            self._phase = (f"train step {self.state.step + 1} (train pipeline {self.cfg.pipeline}: input "
+                           "all-to-all, forward, backward with DDP's all-reduce)")
             self.profiler.before_step(self.state.step)
             try:
                 loss, _logits, _labels = self.pipeline.progress(batches)
@@ -191,31 +213,30 @@ class Trainer:
             self.state.step += 1
             self.profiler.after_step(self.state.step)
             self.state.epoch = (self.state.step - 1) // steps_per_epoch
+            faults.after_step(self.env.rank, self.state.step)  # test hook; inert unless DLRM_DIST_FAULT is set
             throughput.add(_labels.shape[0])
             loss_sum += loss
             count += 1
             bar.update(1)
             if self.state.step % self.metrics_cfg.log_every == 0:
+                self._phase = f"the loss all-reduce after step {self.state.step}"
                 self._log_train(loss_sum, count, throughput)
                 bar.set_postfix(loss=f"{float(loss_sum) / max(count, 1):.4f}")
                 loss_sum, count = torch.zeros((), device=self.env.device), 0
             if self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0 and self.state.step < total:
                 throughput.pause()
+                self._phase = f"the evaluation after step {self.state.step}"
                 val = self.evaluate(data.val, self.cfg.max_eval_batches)
                 self.sink.event("val", self.state.step, val)
                 throughput.start()
             if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
                 throughput.pause()
+                self._phase = f"the checkpoint save after step {self.state.step}"
                 self.save_checkpoint()
                 throughput.start()
+        self._phase = "the last loss all-reduce"
         if count:  # the steps since the last log event
             self._log_train(loss_sum, count, throughput)
-        throughput.pause()
-        self.profiler.finish()
-        bar.close()
-        if self.cfg.checkpoint_at_end and self.state.step > 0:
-            self.save_checkpoint()
-        return self._finish(data, throughput)
 
     def _finish(self, data: DataSplits, throughput: Throughput) -> Dict[str, Any]:
         val = self.evaluate(data.val)

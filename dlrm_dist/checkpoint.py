@@ -2,7 +2,9 @@
 
 Layout of ``train.checkpoint_dir`` (default ``<run_dir>/checkpoints``)::
 
-    step-20/        DCP files of every rank (model + optimizer), then meta.json
+    step-20/        DCP files of every rank (model + optimizer), config.yaml (the
+                    resolved config: ``dlrm-dist export`` rebuilds the model from
+                    it), then meta.json
     step-40/
     latest          one line, "step-40": the newest *complete* checkpoint
 
@@ -51,8 +53,10 @@ from dlrm_dist.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
 
+MODEL_KEY = "model"  # the app state entry holding the model's state_dict
 LATEST = "latest"
 META = "meta.json"
+CONFIG = "config.yaml"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
@@ -146,15 +150,17 @@ def pin_sharding_types(cfg: ShardingConfig, saved: Dict[str, str]) -> ShardingCo
 
 
 def _app_state(model: nn.Module, optimizer: Any) -> Dict[str, Any]:
-    return {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    return {MODEL_KEY: model.state_dict(), "optim": optimizer.state_dict()}
 
 
 class Checkpointer:
     """Saves ``step-N/`` checkpoints into ``directory`` and keeps the newest ``keep``."""
 
-    def __init__(self, directory: Path, keep: int, env: DistEnv, meta: Dict[str, Any]) -> None:
+    def __init__(self, directory: Path, keep: int, env: DistEnv, meta: Dict[str, Any],
+                 config_yaml: str = "") -> None:
         self.directory, self.keep, self.env = Path(directory), keep, env
         self.meta = meta  # fixed facts of the run: world size, sharding types, config digest
+        self.config_yaml = config_yaml  # the resolved config, saved beside each checkpoint
 
     def save(self, step: int, epoch: int, model: nn.Module, optimizer: Any,
              lr_scheduler: torch.optim.lr_scheduler.LRScheduler) -> Path:
@@ -171,6 +177,8 @@ class Checkpointer:
         dcp.save(_app_state(model, optimizer), checkpoint_id=path)
         dist.barrier()  # every rank's files are written
         if self.env.is_main:
+            if self.config_yaml:  # before meta.json, which marks the folder complete
+                write_text_atomic(path / CONFIG, self.config_yaml)
             meta = {"step": step, "epoch": epoch, "lr_scheduler": lr_scheduler.state_dict(), **self.meta}
             write_text_atomic(path / META, json.dumps(meta, indent=1))
             write_text_atomic(self.directory / LATEST, path.name + "\n")

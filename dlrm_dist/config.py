@@ -337,13 +337,22 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
-    cfg = _build_section(Config, raw, "", source)
+    cfg = parse_config(raw, source, validate_=False)
     for text in overrides or []:
         key, value = parse_override(text)
         merged = dataclasses.asdict(cfg)
         _merge(merged, key, value)
         cfg = _build_section(Config, merged, "", f"override '{text}'")
     validate(cfg, source)
+    return cfg
+
+
+def parse_config(raw: Dict[str, Any], source: str, validate_: bool = True) -> Config:
+    """A mapping of sections (e.g. a resolved config saved beside a model) -> Config;
+    ``source`` names where it came from in error messages."""
+    cfg = _build_section(Config, raw, "", source)
+    if validate_:
+        validate(cfg, source)
     return cfg
 
 

@@ -86,11 +86,13 @@ def open_checkpoint(path: Path, config: Optional[Path] = None) -> SavedCheckpoin
     """Check that ``path`` is a complete dlrm-dist checkpoint and read its facts
     (meta.json, DCP metadata, the config that made it); no tensor is read."""
     path = _step_folder(Path(path))
-    if not (path / ".metadata").is_file():
-        raise CheckpointError(f"{path}: not a torch.distributed.checkpoint folder (no .metadata); "
-                              "pass a step-N folder written by `dlrm-dist train`")
-    if not (path / META).is_file():
-        raise CheckpointError(f"{path}: incomplete checkpoint: no {META} (its save did not finish, "
+    has_dcp_files = (path / ".metadata").is_file() or any(path.glob("*.distcp"))
+    if not has_dcp_files:
+        raise CheckpointError(f"{path}: not a torch.distributed.checkpoint folder (no .metadata, no "
+                              "*.distcp); pass a step-N folder written by `dlrm-dist train`")
+    if not (path / ".metadata").is_file() or not (path / META).is_file():
+        missing = META if (path / ".metadata").is_file() else ".metadata"
+        raise CheckpointError(f"{path}: incomplete checkpoint: no {missing} (its save did not finish, "
                               "or another program wrote it)")
     try:
         meta = read_meta(path)
@@ -161,7 +163,12 @@ def quantize(model: nn.Module, dtype: str) -> nn.Module:
         return model
     from torchrec.inference.modules import quantize_embeddings
 
-    return quantize_embeddings(model, dtype=DTYPES[dtype], inplace=True)
+    model = quantize_embeddings(model, dtype=DTYPES[dtype], inplace=True)
+    # The quantized collection keeps the per-table arrays it was built from, only to
+    # convert managed-collision collections later; the tables live in its fbgemm
+    # kernel's buffer. Dropped: otherwise the model holds (and saves) them twice.
+    model.get_submodule(EBC_PATH.removeprefix("model."))._table_name_to_quantized_weights = None
+    return model
 
 
 def export(checkpoint: Path, output: Path, dtype: str = "fp32", program: Optional[Path] = None,

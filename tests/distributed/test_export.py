@@ -224,6 +224,10 @@ def test_bad_checkpoints_are_refused_by_name(trained, capsys, tmp_path):
     partial = _copy_step(trained, "partial")
     (partial / "meta.json").unlink()
     _assert_refused(capsys, ["export", str(partial), "--output", out], str(partial), "no meta.json")
+    killed = _copy_step(trained, "killed")  # killed inside dcp.save: rank files, no .metadata yet
+    (killed / "meta.json").unlink()
+    (killed / ".metadata").unlink()
+    _assert_refused(capsys, ["export", str(killed), "--output", out], str(killed), "incomplete checkpoint")
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -276,3 +280,20 @@ def test_bad_model_files_and_data_folders_are_refused_by_name(trained, capsys, t
                     str(data), "expected (N, 13)")
     _assert_refused(capsys, ["predict", "--model", str(model), "--data", str(tmp_path / "nodata"),
                              "--output", str(out)], str(tmp_path / "nodata"), "no such folder")
+
+
+def test_dcn_model_from_one_rank_exports_and_predicts_its_val_auc(trained, capsys, tmp_path):
+    """DLRM-DCNv2, saved by a single process (world size 1, planner's own plan):
+    predict on its validation split gives the run's val_auc."""
+    run_dir = tmp_path / "dcn"
+    proc = run_cmd([sys.executable, "-m", "dlrm_dist.train", "--config", str(trained["step"] / "config.yaml"),
+                    "--run-dir", str(run_dir), "model.interaction=dcn", "model.dcn_num_layers=2",
+                    "model.dcn_low_rank_dim=8", "train.max_steps=8", "sharding.tables={}"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    code, stdout, stderr = _cli(capsys, "export", str(run_dir), "--output", str(tmp_path / "dcn.pt"))
+    assert code == 0, stderr
+    ours = _predict(capsys, tmp_path / "dcn.pt", trained["npy"], tmp_path / "dcn.npy")
+    assert ours["rows"] == summary["val_rows"]  # 2048 rows: 8 whole batches on one rank
+    assert abs(ours["auc"] - summary["val_auc"]) < 1e-4, (ours, summary)
+    assert abs(ours["logloss"] - summary["val_logloss"]) < 1e-4

@@ -3,12 +3,13 @@ predict samples/s (model file and torch.export program), per embedding dtype.
 
     python benchmarks/export_predict.py [--config benchmarks/configs/kaggle_shape.yaml]
         [--nproc 2] [--steps 10] [--val-rows 65536] [--batch-size 2048]
-        [--dtypes fp32,fp16,int8] [--json OUT] [--keep DIR]
+        [--dtypes fp32,fp16,int8] [--threads N] [--json OUT] [--keep DIR]
 
 Writes a random npy folder with the config's table sizes (2 training days, a
 last day of 2 x ``--val-rows``), trains ``--steps`` steps on ``--nproc`` ranks
 with a checkpoint at the end, then for each dtype runs ``dlrm-dist export`` in
-a fresh process (its time, its peak RSS, the file size) and ``predict`` on the
+a fresh process (its time, its peak RSS against its RSS after imports, the file
+size; then the torch.export program, timed apart) and ``predict`` on the
 validation half (the second of two passes, so page cache is warm). The data
 are random, so AUCs are ~0.5 and not reported; the AUC change of fp16 / int8
 on learnable data is in tests/distributed/test_export.py. Record ``uptime``
@@ -47,11 +48,22 @@ def load() -> str:
 
 
 def child_export(step: str, output: str, dtype: str, program: str) -> None:
-    """Run in a fresh process so its peak RSS is the export's own."""
-    from dlrm_dist.export import export
+    """Run in a fresh process so its peak RSS is the export's own: RSS after the
+    imports, peak after writing the model file; then the program, timed apart."""
+    import psutil
 
-    report = export(Path(step), Path(output), dtype, Path(program) if program else None)
+    from dlrm_dist.export import export
+    from dlrm_dist.serving import export_program, load_model_file, program_example
+
+    baseline = psutil.Process().memory_info().rss
+    report = export(Path(step), Path(output), dtype)
     report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report["rss_after_imports_bytes"] = baseline
+    exported = load_model_file(Path(output))
+    start = time.perf_counter()
+    export_program(exported.model, program_example(64, exported.cfg.model.table_sizes()), Path(program))
+    report["program_s"] = time.perf_counter() - start
+    report["program_bytes"] = Path(program).stat().st_size
     print("REPORT " + json.dumps(report))
 
 
@@ -89,7 +101,12 @@ def main() -> int:
     p.add_argument("--dtypes", default="fp32,fp16,int8")
     p.add_argument("--json", default=None)
     p.add_argument("--keep", default=None, help="work in this folder and keep it")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for predict (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     from dlrm_dist.config import load_config
     from dlrm_dist.predict import predict
@@ -111,7 +128,7 @@ def main() -> int:
     results = {"config": args.config, "tables": len(cfg.model.table_sizes()), "rows_per_table": sorted(set(cfg.model.table_sizes())),
                "embedding_dim": cfg.model.embedding_dim, "nproc": args.nproc,
                "checkpoint_bytes": ckpt_bytes, "val_rows": args.val_rows, "batch_size": args.batch_size,
-               "cpu_count": os.cpu_count(), "load_before": load(), "cases": []}
+               "cpu_count": os.cpu_count(), "threads": args.threads or "default", "load_before": load(), "cases": []}
     for dtype in args.dtypes.split(","):
         out, program = work / f"model-{dtype}.pt", work / f"model-{dtype}.pt2"
         start = time.perf_counter()
@@ -125,6 +142,7 @@ def main() -> int:
         case = {"dtype": dtype, "export_wall_s_with_imports": wall, "export_read_s": report["load_s"],
                 "export_write_s": report["save_s"], "program_s": report["program_s"], "file_bytes": report["bytes"],
                 "program_bytes": report["program_bytes"], "export_peak_rss_bytes": report["peak_rss_bytes"],
+                "export_rss_after_imports_bytes": report["rss_after_imports_bytes"],
                 "predict_samples_per_s": rate,
                 "program_samples_per_s": program_samples_per_s(program, out, data, args.batch_size),
                 "load": load()}

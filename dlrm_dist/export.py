@@ -15,7 +15,7 @@ shards of one table in flight, never two copies of the model (a 100 GB model
 needs ~100 GB plus its largest table). Optimizer state is never read. fp16 /
 int8 quantize after loading with TorchRec's quantized EmbeddingBagCollection
 (``torchrec.inference.modules.quantize_embeddings``), which holds the float
-and the quantized tables at once: 1.5x / 1.25x the fp32 size at the peak.
+tables and the quantized ones (per table, then in fbgemm's buffer) at once.
 
 The model comes from the config the run saved beside the checkpoint
 (``step-N/config.yaml``; for checkpoints older than that, the run folder's

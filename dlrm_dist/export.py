@@ -46,8 +46,6 @@ from dlrm_dist.model import build_model
 from dlrm_dist.serving import ExportedModel, export_program, program_example, save_model_file
 from dlrm_dist.sharding import EBC_PATH
 
-logger = logging.getLogger(__name__)
-
 DTYPES = {"fp16": torch.float16, "int8": torch.qint8}  # fp32: no quantization
 
 

@@ -61,12 +61,14 @@ def save_model_file(path: Path, exported: ExportedModel) -> None:
 
 
 def load_model_file(path: Path) -> ExportedModel:
-    """Read a model file written by :func:`save_model_file` (tables memory-mapped)."""
+    """Read a model file written by :func:`save_model_file`. Not memory-mapped: a
+    quantized model loaded with ``mmap=True`` can no longer be ``torch.export``-ed
+    (its packaging fails on the mapped fbgemm buffer, torch 2.13)."""
     path = Path(path)
     if not path.is_file():
         raise ExportedModelError(f"{path}: no such model file")
     try:
-        payload = torch.load(path, weights_only=False, mmap=True, map_location="cpu")
+        payload = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as e:  # a truncated zip, a pickle of something else ...
         raise ExportedModelError(f"{path}: not a model file written by `dlrm-dist export` ({e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -32,6 +32,8 @@ import yaml
 
 from dlrm_dist import cli
 from dlrm_dist.config import load_config, to_yaml
+from dlrm_dist.data.criteo import CriteoDataset, open_days, split_parts
+from dlrm_dist.serving import serving_inputs
 from tests.conftest import ROOT, run_cmd
 from tests.distributed.spawn import run_on_ranks
 
@@ -149,7 +151,8 @@ def test_quantized_exports_report_their_auc_change(trained, capsys):
     sizes = {"fp32": fp32.stat().st_size}
     for dtype in ("fp16", "int8"):
         out = tmp / f"{dtype}.pt"
-        code, _, stderr = _cli(capsys, "export", str(trained["step"]), "--output", str(out), "--dtype", dtype)
+        code, _, stderr = _cli(capsys, "export", str(trained["step"]), "--output", str(out), "--dtype", dtype,
+                               *(["--program", str(tmp / "int8.pt2")] if dtype == "int8" else []))
         assert code == 0, stderr
         q = _predict(capsys, out, trained["npy"], tmp / f"{dtype}.npy")
         sizes[dtype] = out.stat().st_size
@@ -158,6 +161,14 @@ def test_quantized_exports_report_their_auc_change(trained, capsys):
                   f"max |dp| {np.abs(q['probs'] - base['probs']).max():.2e}, file {sizes[dtype]} vs {sizes['fp32']} B")
         assert abs(q["auc"] - base["auc"]) < 0.01  # a sanity bound, not a claim of zero change
         assert np.abs(q["probs"] - base["probs"]).max() < 0.05
+    # the int8 program (fbgemm's quantized lookup inside) scores as the int8 model does
+    program = torch.export.load(str(tmp / "int8.pt2")).module()
+    cfg = load_config(trained["step"] / "config.yaml")
+    reader = CriteoDataset(split_parts(open_days(trained["npy"]))["val"], 256, 0, 1, cfg.model.table_sizes())
+    batch = reader.to_batch(*reader.read(0, 256))
+    with torch.no_grad():
+        served = program(*serving_inputs(batch.dense_features, batch.sparse_features)).numpy()
+    np.testing.assert_allclose(served, q["probs"][:256], rtol=0, atol=1e-6)
 
 
 _SERVE_WITHOUT_PACKAGE = """
@@ -178,9 +189,6 @@ assert not [m for m in sys.modules if m.startswith("dlrm_dist")]
 
 
 def test_serving_program_runs_without_the_package(trained, capsys):
-    from dlrm_dist.data.criteo import CriteoDataset, open_days, split_parts
-    from dlrm_dist.serving import serving_inputs
-
     tmp, cfg = trained["tmp"], load_config(trained["step"] / "config.yaml")
     code, stdout, stderr = _cli(capsys, "export", str(trained["step"]), "--output", str(tmp / "serve.pt"),
                                 "--program", str(tmp / "serve.pt2"))

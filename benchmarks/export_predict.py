@@ -71,7 +71,8 @@ def program_samples_per_s(path: Path, model_file: Path, data: Path, batch_size: 
     import fbgemm_gpu  # noqa: F401  (the program's fbgemm operators)
     import torch
 
-    from dlrm_dist.data.criteo import CriteoDataset, open_days, split_parts
+    from dlrm_dist.data.criteo import CriteoDataset, split_parts
+    from dlrm_dist.data.npy_days import open_days
     from dlrm_dist.serving import load_model_file, serving_inputs
 
     cfg = load_model_file(model_file).cfg

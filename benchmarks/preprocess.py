@@ -42,7 +42,7 @@ def _cpu_seconds() -> float:
 def child_main(kind: str, raw: Path, out: Path) -> None:
     """Run one conversion in this process and print its measurements as JSON."""
     if kind == "ours":
-        from dlrm_dist.data import preprocess
+        from dlrm_dist.prep import preprocess
 
         argv = ["--dataset", "criteo_1tb", "--input", str(raw.parent), "--output", str(out),
                 "--workers", "1", "--no-progress"]

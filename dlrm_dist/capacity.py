@@ -11,7 +11,7 @@ at the configured batch, data-loader batches and the process itself.
 Training calls :func:`check_host_memory` before it allocates anything, so a job
 that cannot fit stops with a message instead of being killed by the OOM killer.
 
-All sizes are bytes; GiB = 2**30, GB = 10**9.
+All sizes are bytes (``dlrm_dist.units``: GiB = 2**30, GB = 10**9).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import psutil
 import torch
 from torch import nn
-from torchrec.distributed.planner.shard_estimators import _get_optimizer_multipler
+from torchrec.distributed.planner import shard_estimators
 from torchrec.distributed.planner.types import (
     PlannerError,
     ShardingOption,
@@ -38,12 +38,12 @@ from dlrm_dist.config import (
     NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, Config, DataConfig, MetricsConfig, ModelConfig, OptimizerConfig,
 )
 from dlrm_dist.criteo_facts import DATASET_ROWS, infer_dataset
-from dlrm_dist.model.dlrm import build_model, dense_parameter_count
-from dlrm_dist.optim import apply_embedding_optimizer
-from dlrm_dist.sharding import build_planner, build_topology, input_pooling_factors
+from dlrm_dist.errors import CapacityError
+from dlrm_dist.model import build_model, dense_parameter_count, embedding_bag_collection
+from dlrm_dist.optim import apply_embedding_optimizer, embedding_optimizer_class
+from dlrm_dist.sharding import build_planner, build_topology, detect_capacity, input_pooling_factors
+from dlrm_dist.units import GiB
 
-GiB = 1024**3
-GB = 10**9
 FP32 = 4
 
 # ---- documented constants (everything else is computed) ------------------- #
@@ -130,6 +130,25 @@ class PlannerRun:
     error: Optional[str] = None
 
 
+# ---- TorchRec internals, read here and nowhere else ------------------------ #
+# TorchRec has no public API for these two figures; its own estimators and stats
+# table read them the same way. tests/unit/test_plan.py::test_torchrec_internals
+# fails loudly if a TorchRec release renames them (attribute access, no defaults).
+
+
+def optimizer_multiplier(optimizer_class: Optional[type], shape: torch.Size) -> float:
+    """Optimizer-state elements per table element (Adagrad 1, RowWiseAdagrad 1/dim,
+    Adam 2, SGD 0): TorchRec's private ``shard_estimators._get_optimizer_multipler``."""
+    return shard_estimators._get_optimizer_multipler(optimizer_class, shape)
+
+
+def reserved_bytes(reservation: StorageReservation, tier: str) -> tuple[int, int]:
+    """(input KJT, dense) bytes per rank the planner's storage reservation set aside
+    on ``tier`` (hbm / ddr): its private ``_kjt_storage`` / ``_dense_storage``."""
+    kjt, dense = reservation._kjt_storage, reservation._dense_storage  # type: ignore[attr-defined]
+    return (getattr(kjt, tier) if kjt else 0), (getattr(dense, tier) if dense else 0)
+
+
 class _CollectPlan(Stats):
     """A ``Stats`` sink: the planner hands every Stats the chosen ShardingOptions and
     its storage reservation, which is how we read them without private attributes."""
@@ -149,8 +168,8 @@ class _CollectPlan(Stats):
 
 def meta_model(model_cfg: ModelConfig, emb_opt: OptimizerConfig) -> nn.Module:
     """DLRMTrain with tables on the meta device and the fused optimizer declared as
-    training declares it: TorchRec's storage estimator reads the optimizer class
-    from each table's ``_optimizer_classes`` to size its state."""
+    training declares it: TorchRec's storage estimator reads it from each table to
+    size the optimizer state."""
     model = build_model(model_cfg, torch.device("cpu"), "meta")
     apply_embedding_optimizer(model, emb_opt)
     return model
@@ -165,17 +184,18 @@ def optimizer_state_bytes(numel: int, optimizer_class: Optional[type], dim: int)
     (Adagrad 1, RowWiseAdagrad 1/dim, Adam 2, SGD 0), but applied to fp32: FBGEMM
     keeps momentum in fp32 even for fp16 rows, where TorchRec's estimator (which
     scales the row bytes) counts half of it."""
-    return math.ceil(numel * FP32 * _get_optimizer_multipler(optimizer_class, torch.Size([1, dim])))
+    return math.ceil(numel * FP32 * optimizer_multiplier(optimizer_class, torch.Size([1, dim])))
 
 
-def table_stats(model: nn.Module) -> TableStats:
+def table_stats(model: nn.Module, emb_opt: OptimizerConfig) -> TableStats:
+    """Rows, weight and optimizer bytes of every table under ``emb_opt`` (data_parallel
+    tables get the same optimizer: see ``optim.build_optimizer``)."""
+    cls = embedding_optimizer_class(emb_opt)
     rows = weight = opt = 0
-    for name, p in model.named_parameters():
-        if "embedding_bag_collection" in name:
-            rows += p.shape[0]
-            weight += p.numel() * p.element_size()
-            cls = getattr(p, "_optimizer_classes", [None])[0]
-            opt += optimizer_state_bytes(p.numel(), cls, p.shape[1])
+    for p in embedding_bag_collection(model).parameters():
+        rows += p.shape[0]
+        weight += p.numel() * p.element_size()
+        opt += optimizer_state_bytes(p.numel(), cls, p.shape[1])
     return TableStats(rows, weight, opt, dense_parameter_count(model))
 
 
@@ -195,22 +215,16 @@ def run_planner(
         # RuntimeError: the enumerator found no sharding type the constraints allow on
         # this device (e.g. row_wise pinned on CPU, where training plans by hand).
         return PlannerRun(None, [], seconds=time.perf_counter() - start, error=str(e))
-    res = collect.reservation
-    kjt = getattr(res, "_kjt_storage", None)  # set by TorchRec's reservations (stats.py reads them so)
-    dense = getattr(res, "_dense_storage", None)
-    tier = "hbm" if compute_device == "cuda" else "ddr"
-    return PlannerRun(
-        plan, collect.best_plan,
-        kjt_bytes=getattr(kjt, tier, 0) if kjt else 0,
-        dense_reserved_bytes=getattr(dense, tier, 0) if dense else 0,
-        seconds=time.perf_counter() - start,
-    )
+    assert collect.reservation is not None, "TorchRec's planner did not report its storage reservation"
+    kjt, dense = reserved_bytes(collect.reservation, "hbm" if compute_device == "cuda" else "ddr")
+    return PlannerRun(plan, collect.best_plan, kjt_bytes=kjt, dense_reserved_bytes=dense,
+                      seconds=time.perf_counter() - start)
 
 
 # ---- per-rank breakdown ---------------------------------------------------- #
 
 
-def _shard_split(so: ShardingOption, size: List[int], compute_device: str) -> Dict[str, int]:
+def _shard_split(so: ShardingOption, size: List[int], compute_device: str, cls: Optional[type]) -> Dict[str, int]:
     """Split one shard into weights and optimizer state per tier (hbm / ddr), and
     what TorchRec's storage estimator counts for them (``planner_*``).
 
@@ -220,8 +234,7 @@ def _shard_split(so: ShardingOption, size: List[int], compute_device: str) -> Di
     numel = math.prod(size)
     full = compute_storage_usage(so.tensor, compute_device, so.compute_kernel, StorageUsageType.BASE)
     w = {t: math.ceil(b * numel / so.tensor.numel()) for t, b in full.items()}
-    cls = getattr(so.tensor, "_optimizer_classes", [None])[0]
-    mult = _get_optimizer_multipler(cls, so.tensor.shape)
+    mult = optimizer_multiplier(cls, so.tensor.shape)
     opt = optimizer_state_bytes(numel, cls, so.tensor.shape[1])
     out = {"hbm_weights": w.get("hbm", 0), "ddr_weights": w.get("ddr", 0)}
     out["hbm_optimizer"] = opt if "hbm" in w else 0
@@ -239,12 +252,14 @@ def _shard_split(so: ShardingOption, size: List[int], compute_device: str) -> Di
     return out
 
 
-def sparse_by_rank(options: List[ShardingOption], world_size: int, compute_device: str) -> List[RankMemory]:
+def sparse_by_rank(options: List[ShardingOption], world_size: int, compute_device: str,
+                   emb_opt: OptimizerConfig) -> List[RankMemory]:
     """Embedding bytes and the planner's perf estimate (ms) per rank."""
+    cls = embedding_optimizer_class(emb_opt)
     ranks = [RankMemory() for _ in range(world_size)]
     for so in options:
         for shard in so.shards:
-            part = _shard_split(so, shard.size, compute_device)
+            part = _shard_split(so, shard.size, compute_device, cls)
             st, r = shard.storage, ranks[shard.rank]
             part["hbm_io"] = max(0, st.hbm - part.pop("planner_hbm"))
             part["ddr_io"] = max(0, st.ddr - part.pop("planner_ddr"))
@@ -310,7 +325,7 @@ def rank_memory(
     cfg: Config, model: nn.Module, run: PlannerRun, world_size: int, compute_device: str
 ) -> List[RankMemory]:
     """Every rank's full breakdown: the planner's sparse part plus the rest."""
-    ranks = sparse_by_rank(run.options, world_size, compute_device)
+    ranks = sparse_by_rank(run.options, world_size, compute_device, cfg.optim.embedding)
     b = cfg.train.batch_size
     for r in ranks:
         rest = dense_bytes(model, cfg.optim.dense)
@@ -331,29 +346,16 @@ def rank_memory(
 # ---- the host-memory check training runs at start-up ----------------------- #
 
 
-def default_capacity(cfg: Config, local_world_size: int, compute_device: str) -> tuple[int, int]:
-    """(HBM, DDR) per rank as training's ``sharding.detect_capacity`` sees them."""
-    s = cfg.sharding
-    if s.hbm_gb is not None:
-        hbm = int(s.hbm_gb * GiB)
-    elif compute_device == "cuda" and torch.cuda.is_available():
-        hbm = torch.cuda.get_device_properties(0).total_memory
-    else:
-        hbm = 80 * GiB if compute_device == "cuda" else 0
-    ddr = int(s.ddr_gb * GiB) if s.ddr_gb is not None else psutil.virtual_memory().total // max(1, local_world_size)
-    return hbm, ddr
-
-
 def host_memory_by_rank(cfg: Config, world_size: int, local_world_size: int, compute_device: str) -> List[int]:
     """Host bytes each rank's process will hold. When the planner finds no plan
     (it will not fit anyway), tables are split evenly so the check can still say
     by how much."""
     model = meta_model(cfg.model, cfg.optim.embedding)
-    hbm, ddr = default_capacity(cfg, local_world_size, compute_device)
+    hbm, ddr = detect_capacity(cfg.sharding, compute_device, local_world_size)
     run = run_planner(cfg, model, world_size, local_world_size, compute_device, hbm, ddr)
     ranks = rank_memory(cfg, model, run, world_size, compute_device)
     if run.error is not None and compute_device == "cpu":
-        stats = table_stats(model)
+        stats = table_stats(model, cfg.optim.embedding)
         for r in ranks:
             r.host["embedding weights"] = stats.weight_bytes // world_size
             r.host["embedding optimizer"] = stats.optimizer_bytes // world_size
@@ -379,7 +381,7 @@ def check_host_memory(
     available = psutil.virtual_memory().available if available_bytes is None else available_bytes
     if needed <= available:
         return
-    raise RuntimeError(
+    raise CapacityError(
         f"not enough host memory: {local_world_size} rank(s) on this host need "
         f"{needed / GiB:.2f} GiB ({max(per_rank) / GiB:.2f} GiB for the fullest rank) but "
         f"{available / GiB:.2f} GiB is available. Lower model.num_embeddings / "

@@ -48,7 +48,9 @@ from torch import nn
 
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
 from dlrm_dist.distributed import DistEnv, broadcast_object
+from dlrm_dist.errors import UserError
 from dlrm_dist.files import write_text_atomic
+from dlrm_dist.model import feature_name
 from dlrm_dist.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ CONFIG = "config.yaml"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint to resume from is missing or incomplete; the message names the path."""
 
 
@@ -101,8 +103,8 @@ def read_meta(path: Path) -> Dict[str, Any]:
 
 
 def find_resume(resume: str, directory: Path, env: DistEnv) -> Optional[Path]:
-    """:func:`resolve_resume` decided on rank 0 for all ranks; a problem stops every
-    rank with its message (no rank is left waiting in a collective)."""
+    """:func:`resolve_resume` decided on rank 0 for all ranks; a problem raises the
+    same :class:`CheckpointError` on every rank (no rank is left waiting in a collective)."""
     found, problem = None, ""
     if env.is_main:
         try:
@@ -111,7 +113,7 @@ def find_resume(resume: str, directory: Path, env: DistEnv) -> Optional[Path]:
             problem = str(e)
     found, problem = broadcast_object((found, problem), env)
     if problem:
-        raise SystemExit(f"dlrm-dist train: error: {problem}")
+        raise CheckpointError(problem)
     if resume == LATEST and found is None and env.is_main:
         logger.info("train.resume=latest: no checkpoint in %s yet; starting fresh", directory)
     return found
@@ -135,12 +137,17 @@ def warn_if_changed(meta: Dict[str, Any], cfg: Config, env: DistEnv) -> None:
                        env.world_size, meta["world_size"])
 
 
-def pin_sharding_types(cfg: ShardingConfig, saved: Dict[str, str]) -> ShardingConfig:
+def pin_sharding_types(cfg: ShardingConfig, saved: Dict[str, str], source: str = "meta.json") -> ShardingConfig:
     """``cfg`` with each table constrained to the sharding type it was saved with
-    (``saved``: {"t_cat_3": "table_wise", ...}), kernels constraints kept."""
+    (``saved``: {table name: "table_wise", ...}), kernels constraints kept. A table
+    name this model does not have (a checkpoint of another model, or of a model
+    whose tables were renamed) is an error, never silently unpinned."""
     tables = dict(cfg.tables)
     for table, kind in saved.items():
-        feature = table.removeprefix("t_")
+        try:
+            feature = feature_name(table)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: sharding_types: {e}; was it saved by another model?") from None
         old = tables.get(feature, TableConstraintConfig())
         allowed = old.sharding_types or cfg.sharding_types
         if allowed and kind not in allowed:

@@ -20,8 +20,8 @@ from typing import List, Optional
 
 COMMANDS = {
     "train": ("dlrm_dist.train", "train DLRM (one process, or one rank under torchrun / torchx)"),
-    "preprocess": ("dlrm_dist.data.preprocess", "raw Criteo TSV days -> npy days"),
-    "synth": ("dlrm_dist.data.synth_tsv", "write raw Criteo-format days from the synthetic teacher"),
+    "preprocess": ("dlrm_dist.prep.preprocess", "raw Criteo TSV days -> npy days"),
+    "synth": ("dlrm_dist.prep.synth_tsv", "write raw Criteo-format days from the synthetic teacher"),
     "plan": ("dlrm_dist.plan", "will this job fit? sharding plan and memory per rank and host"),
     "report": ("dlrm_dist.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
     "export": ("dlrm_dist.export", "sharded checkpoint -> one single-process model (+ serving program)"),

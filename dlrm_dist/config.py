@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 
+from dlrm_dist.errors import UserError
+
 # Criteo layout: 13 integer ("dense") features, 26 categorical ones.
 NUM_DENSE_FEATURES = 13
 NUM_SPARSE_FEATURES = 26
@@ -37,7 +39,7 @@ SHARDING_TYPES = (
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the source."""
 
 
@@ -337,8 +339,14 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
-    cfg = parse_config(raw, source, validate_=False)
-    for text in overrides or []:
+    cfg = _build_section(Config, raw, "", source)
+    return apply_overrides(cfg, overrides or [], source)
+
+
+def apply_overrides(cfg: Config, overrides: List[str], source: str = "config") -> Config:
+    """A new Config: ``cfg`` with dotted ``overrides`` applied, validated again
+    (``dlrm-dist plan`` tries its remedies this way without rereading the YAML)."""
+    for text in overrides:
         key, value = parse_override(text)
         merged = dataclasses.asdict(cfg)
         _merge(merged, key, value)
@@ -347,13 +355,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     return cfg
 
 
-def parse_config(raw: Dict[str, Any], source: str, validate_: bool = True) -> Config:
-    """A mapping of sections (e.g. a resolved config saved beside a model) -> Config;
-    ``source`` names where it came from in error messages."""
-    cfg = _build_section(Config, raw, "", source)
-    if validate_:
-        validate(cfg, source)
-    return cfg
+def parse_config(raw: Dict[str, Any], source: str) -> Config:
+    """A mapping of sections (e.g. a resolved config saved beside a model) -> a
+    validated Config; ``source`` names where it came from in error messages."""
+    return apply_overrides(_build_section(Config, raw, "", source), [], source)
 
 
 def validate(cfg: Config, source: str = "config") -> None:

@@ -12,12 +12,15 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from dlrm_dist.config import DistConfig
+from dlrm_dist.errors import UserError
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,25 @@ def first_error(message: str, env: DistEnv) -> str:
     return next((m for m in messages if m), "")
 
 
-def teardown() -> None:
+def collectively(fn: Callable[[], T], env: DistEnv) -> T:
+    """``fn()`` on every rank; if it raised a :class:`UserError` on any rank, every
+    rank raises one with the first such message, so all stop together and no rank
+    is left waiting in a collective for one that quit."""
+    result, message = None, ""
+    try:
+        result = fn()
+    except UserError as e:
+        message = str(e)
+    message = first_error(message, env)
+    if message:
+        raise UserError(message)
+    return result  # type: ignore[return-value]
+
+
+def teardown(clean: bool = True) -> None:
+    """Leave the process group: after a last barrier when the run ended well; at once
+    after an error (the other ranks may be gone, a barrier would wait for them)."""
     if dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

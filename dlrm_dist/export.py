@@ -42,9 +42,9 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from dlrm_dist.checkpoint import CONFIG, LATEST, META, MODEL_KEY, CheckpointError, latest_checkpoint, read_meta
 from dlrm_dist.config import Config, ConfigError, load_config
-from dlrm_dist.model import build_model
+from dlrm_dist.errors import entry_point
+from dlrm_dist.model import EBC_PATH, build_model, embedding_bag_collection
 from dlrm_dist.serving import ExportedModel, export_program, program_example, save_model_file
-from dlrm_dist.sharding import EBC_PATH
 
 DTYPES = {"fp16": torch.float16, "int8": torch.qint8}  # fp32: no quantization
 
@@ -143,7 +143,7 @@ def load_unsharded(ckpt: SavedCheckpoint) -> nn.Module:
     """The checkpoint's DLRM / DLRM_DCN on CPU, unsharded, one table at a time."""
     train_model = build_model(ckpt.cfg.model, torch.device("cpu"), sparse_device="meta")
     check_model_matches(ckpt, train_model)
-    ebc = train_model.get_submodule(EBC_PATH)
+    ebc = embedding_bag_collection(train_model)
     for name, bag in ebc.embedding_bags.items():
         bag.to_empty(device="cpu")
         with torch.no_grad():
@@ -162,10 +162,12 @@ def quantize(model: nn.Module, dtype: str) -> nn.Module:
     from torchrec.inference.modules import quantize_embeddings
 
     model = quantize_embeddings(model, dtype=DTYPES[dtype], inplace=True)
+    wrapper = nn.Module()  # the model's own accessor expects DLRMTrain's ``model.`` level
+    wrapper.model = model
     # The quantized collection keeps the per-table arrays it was built from, only to
     # convert managed-collision collections later; the tables live in its fbgemm
     # kernel's buffer. Dropped: otherwise the model holds (and saves) them twice.
-    model.get_submodule(EBC_PATH.removeprefix("model."))._table_name_to_quantized_weights = None
+    embedding_bag_collection(wrapper)._table_name_to_quantized_weights = None
     return model
 
 
@@ -203,14 +205,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@entry_point("dlrm-dist export")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        report = export(args.checkpoint, args.output, args.dtype, args.program, args.config)
-    except CheckpointError as e:
-        print(f"dlrm-dist export: error: {e}", file=sys.stderr)
-        return 2
+    report = export(args.checkpoint, args.output, args.dtype, args.program, args.config)  # UserError: exit 2
     print(f"exported step {report['step']} of {report['checkpoint']} to {report['output']} "
           f"({report['dtype']}, {report['bytes'] / 1e6:.1f} MB): read in {report['load_s']:.1f} s, "
           f"written in {report['save_s']:.1f} s")

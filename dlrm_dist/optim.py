@@ -24,6 +24,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from dlrm_dist.config import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, OptimizerConfig, ScheduleConfig
+from dlrm_dist.model import embedding_bag_collection
 
 
 def _optimizer_class(cfg: OptimizerConfig, allowed: Tuple[str, ...], key: str) -> Tuple[Type, Dict[str, Any]]:
@@ -41,11 +42,15 @@ def _optimizer_class(cfg: OptimizerConfig, allowed: Tuple[str, ...], key: str) -
     return torch.optim.Adam, {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
 
 
+def embedding_optimizer_class(cfg: OptimizerConfig) -> Type:
+    """The optimizer class the embedding tables are trained with (``optim.embedding``)."""
+    return _optimizer_class(cfg, EMBEDDING_OPTIMIZERS, "optim.embedding")[0]
+
+
 def apply_embedding_optimizer(model: nn.Module, cfg: OptimizerConfig) -> None:
     """Declare the fused embedding optimizer on the (still unsharded) tables."""
     cls, kwargs = _optimizer_class(cfg, EMBEDDING_OPTIMIZERS, "optim.embedding")
-    ebc = model.model.sparse_arch.embedding_bag_collection  # DLRMTrain -> DLRM -> SparseArch
-    apply_optimizer_in_backward(cls, ebc.parameters(), kwargs)
+    apply_optimizer_in_backward(cls, embedding_bag_collection(model).parameters(), kwargs)
 
 
 def build_optimizer(dmp: nn.Module, dense: OptimizerConfig, embedding: OptimizerConfig) -> CombinedOptimizer:
@@ -58,8 +63,7 @@ def build_optimizer(dmp: nn.Module, dense: OptimizerConfig, embedding: Optimizer
     """
     dense_cls, dense_kwargs = _optimizer_class(dense, DENSE_OPTIMIZERS, "optim.dense")
     unfused = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    ebc = dmp.module.model.sparse_arch.embedding_bag_collection  # DMP.module: unwrapped of DDP
-    table_ids = {id(p) for p in ebc.parameters()}
+    table_ids = {id(p) for p in embedding_bag_collection(dmp).parameters()}
     dp_tables = {n: p for n, p in unfused.items() if id(p) in table_ids}
     optimizers = [("embedding", dmp.fused_optimizer)]
     if dp_tables:

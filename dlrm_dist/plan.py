@@ -27,51 +27,59 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
+
+from torch import nn
 
 from dlrm_dist import capacity as cap
 from dlrm_dist import criteo_facts as facts
-from torch import nn
+from dlrm_dist.config import Config, apply_overrides, load_config
+from dlrm_dist.errors import entry_point
+from dlrm_dist.plan_report import Estimate, format_report
+from dlrm_dist.units import GiB
 
-from dlrm_dist.config import Config, ConfigError, load_config
-from dlrm_dist.plan_report import format_report
-
-GiB = cap.GiB
 MAX_GPUS = 512
 
 
-@dataclass
-class Estimate:
-    """Everything ``dlrm-dist plan`` reports; ``--json`` prints it as is (bytes, ms)."""
+@dataclass(frozen=True)
+class Cluster:
+    """The hardware asked about: hosts, ranks per host and their memory (GiB)."""
 
-    config: str
-    overrides: List[str]
     nodes: int
     gpus_per_node: int
-    world_size: int
-    compute_device: str
-    hbm_per_rank: int
-    host_ram_per_node: int
-    ddr_per_rank: int
-    batch_size: int
-    global_batch_size: int
-    embedding_optimizer: str
-    embedding_dtype: str
-    embedding_dim: int
-    tables: Dict[str, int]
-    planner: Dict[str, object]
-    plan: List[Dict[str, object]]
-    ranks: List[Dict[str, Dict[str, float]]]
-    hosts: List[Dict[str, int]]
-    step_ms: Optional[float]
-    samples_per_s_per_gpu: Optional[float]
-    preprocess: Dict[str, object]
-    floor: Dict[str, int]
-    """What a rank's device and a host need before any table: no table change helps below it."""
-    fits: bool
-    reasons: List[str] = field(default_factory=list)
-    remedy: Optional[Dict[str, object]] = None
-    sweep: List[Dict[str, object]] = field(default_factory=list)
+    hbm_gb: float = 80.0
+    host_ram_gb: float = 1024.0
+    device: str = "cuda"
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def hbm_bytes(self) -> int:
+        return int(self.hbm_gb * GiB) if self.device == "cuda" else 0
+
+    @property
+    def host_ram_bytes(self) -> int:
+        return int(self.host_ram_gb * GiB)
+
+
+@dataclass(frozen=True)
+class Job:
+    """The job asked about: its config, loaded once, and how it was given (for the report)."""
+
+    cfg: Config
+    config_path: str
+    overrides: List[str] = field(default_factory=list)
+    dataset: Optional[str] = None
+    """For the preprocessing estimate; None infers it from the table sizes."""
+    days: int = 0
+    """Days to preprocess; 0 means all."""
+
+    def with_overrides(self, extra: List[str]) -> "Job":
+        """The same job with more overrides (a remedy to try), without rereading the YAML."""
+        return dataclasses.replace(self, cfg=apply_overrides(self.cfg, extra, self.config_path),
+                                   overrides=self.overrides + extra)
 
 
 def _plan_rows(run: cap.PlannerRun) -> List[Dict[str, object]]:
@@ -124,25 +132,23 @@ def _verdict(est: Estimate, ranks: List[cap.RankMemory]) -> List[str]:
     return reasons
 
 
-def estimate(args: argparse.Namespace, overrides: List[str], nodes: int) -> Estimate:
+def estimate(job: Job, cluster: Cluster) -> Estimate:
     """Plan one cluster size and add everything up."""
-    cfg = load_config(args.config, overrides)
-    g, world = args.gpus_per_node, nodes * args.gpus_per_node
-    hbm = int(args.hbm_gb * GiB) if args.device == "cuda" else 0
-    host_ram = int(args.host_ram_gb * GiB)
+    cfg, g, world = job.cfg, cluster.gpus_per_node, cluster.world_size
+    hbm, host_ram = cluster.hbm_bytes, cluster.host_ram_bytes
     ddr = host_ram // g
     model = cap.meta_model(cfg.model, cfg.optim.embedding)
-    stats = cap.table_stats(model)
-    run = cap.run_planner(cfg, model, world, g, args.device, hbm, ddr)
-    ranks = cap.rank_memory(cfg, model, run, world, args.device) if run.error is None else []
+    stats = cap.table_stats(model, cfg.optim.embedding)
+    run = cap.run_planner(cfg, model, world, g, cluster.device, hbm, ddr)
+    ranks = cap.rank_memory(cfg, model, run, world, cluster.device) if run.error is None else []
     slowest = max((sum(r.perf_ms.values()) for r in ranks), default=None)
-    dataset = args.dataset or facts.infer_dataset(cfg.model.table_sizes())
-    days = args.days or len(facts.DATASET_ROWS[dataset])
+    dataset = job.dataset or facts.infer_dataset(cfg.model.table_sizes())
+    days = job.days or len(facts.DATASET_ROWS[dataset])
     pre = facts.preprocess_estimate(dataset, days, max(cfg.model.table_sizes()))
     est = Estimate(
-        config=args.config, overrides=overrides, nodes=nodes, gpus_per_node=g, world_size=world,
-        compute_device=args.device, hbm_per_rank=hbm, host_ram_per_node=host_ram, ddr_per_rank=ddr,
-        batch_size=cfg.train.batch_size, global_batch_size=cfg.train.batch_size * world,
+        config=job.config_path, overrides=list(job.overrides), nodes=cluster.nodes, gpus_per_node=g,
+        world_size=world, compute_device=cluster.device, hbm_per_rank=hbm, host_ram_per_node=host_ram,
+        ddr_per_rank=ddr, batch_size=cfg.train.batch_size, global_batch_size=cfg.train.batch_size * world,
         embedding_optimizer=cfg.optim.embedding.name, embedding_dtype=cfg.model.embedding_dtype,
         embedding_dim=cfg.model.embedding_dim,
         tables={"count": len(cfg.model.table_sizes()), "rows": stats.rows, "weight_bytes": stats.weight_bytes,
@@ -155,8 +161,8 @@ def estimate(args: argparse.Namespace, overrides: List[str], nodes: int) -> Esti
         hosts=_hosts(ranks, g),
         step_ms=slowest,
         samples_per_s_per_gpu=(cfg.train.batch_size / (slowest / 1000.0)) if slowest else None,
-        preprocess=dataclasses.asdict(pre) | {"inferred": args.dataset is None},
-        floor=_floor(cfg, model, args.device, g),
+        preprocess=dataclasses.asdict(pre) | {"inferred": job.dataset is None},
+        floor=_floor(cfg, model, cluster.device, g),
         fits=False,
     )
     est.reasons = _verdict(est, ranks)
@@ -185,26 +191,24 @@ def smallest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> Optional[
     return n
 
 
-def _node_search(args: argparse.Namespace, overrides: List[str], lo: int,
-                 sweep: List[Dict[str, object]]) -> Optional[Estimate]:
+def _node_search(job: Job, cluster: Cluster, lo: int, sweep: List[Dict[str, object]]) -> Optional[Estimate]:
     """The smallest node count from ``lo`` (up to MAX_GPUS) that fits, recording each try."""
     seen: Dict[int, Estimate] = {}
 
     def fits(nodes: int) -> bool:
         if nodes not in seen:
-            seen[nodes] = estimate(args, overrides, nodes)
-            e = seen[nodes]
+            seen[nodes] = e = estimate(job, dataclasses.replace(cluster, nodes=nodes))
             sweep.append({"nodes": nodes, "gpus": e.world_size, "fits": e.fits, "reasons": e.reasons})
         return seen[nodes].fits
 
-    hi = max(lo, MAX_GPUS // args.gpus_per_node)
+    hi = max(lo, MAX_GPUS // cluster.gpus_per_node)
     best = smallest_fitting(fits, lo, hi)
     return seen[best] if best is not None else None
 
 
-def _table_caps(overrides: List[str], args: argparse.Namespace) -> List[List[str]]:
+def _table_caps(cfg: Config) -> List[List[str]]:
     """Overrides capping every table at half, a quarter ... of the largest (>= 1M rows)."""
-    sizes = load_config(args.config, overrides).model.table_sizes()
+    sizes = cfg.model.table_sizes()
     out, limit = [], max(sizes) // 2
     while limit >= 1_000_000:
         capped = [min(s, limit) for s in sizes]
@@ -213,12 +217,11 @@ def _table_caps(overrides: List[str], args: argparse.Namespace) -> List[List[str
     return out
 
 
-def _remedies(args: argparse.Namespace, overrides: List[str]) -> List[tuple[str, List[List[str]]]]:
+def _remedies(cfg: Config, cluster: Cluster) -> List[Tuple[str, List[List[str]]]]:
     """The single changes to try, in order, each as candidate override lists."""
-    cfg = load_config(args.config, overrides)
     kernels = cfg.sharding.compute_kernels
-    out: List[tuple[str, List[List[str]]]] = []
-    if args.device == "cuda" and kernels and "fused_uvm_caching" not in kernels:
+    out: List[Tuple[str, List[List[str]]]] = []
+    if cluster.device == "cuda" and kernels and "fused_uvm_caching" not in kernels:
         out.append(("UVM caching: tables that do not fit in HBM live in host RAM with an HBM cache",
                     [["sharding.compute_kernels=[" + ",".join(dict.fromkeys(kernels + ["fused_uvm_caching"])) + "]"]]))
     if cfg.optim.embedding.name in ("adagrad", "adam"):
@@ -227,29 +230,28 @@ def _remedies(args: argparse.Namespace, overrides: List[str]) -> List[tuple[str,
     if cfg.model.embedding_dtype == "fp32":
         out.append(("fp16 tables: half the row bytes (optimizer state stays fp32)",
                     [["model.embedding_dtype=fp16"]]))
-    out.append(("smaller tables: a lower --max-ind-range at preprocessing (costs accuracy)",
-                _table_caps(overrides, args)))
+    out.append(("smaller tables: a lower --max-ind-range at preprocessing (costs accuracy)", _table_caps(cfg)))
     return out
 
 
-def find_remedy(args: argparse.Namespace, est: Estimate) -> Optional[Dict[str, object]]:
+def find_remedy(job: Job, cluster: Cluster, est: Estimate) -> Optional[Dict[str, object]]:
     """The first single change (in the documented order) that makes the job fit."""
     sweep: List[Dict[str, object]] = []
-    if est.floor["device"] > est.hbm_per_rank and args.device == "cuda" or est.floor["host_per_node"] > est.host_ram_per_node:
+    if (est.floor["device"] > est.hbm_per_rank and cluster.device == "cuda"
+            or est.floor["host_per_node"] > est.host_ram_per_node):
         return None  # not even a rank without tables fits: no table change helps
-    lo = max(est.nodes + 1, lower_bound_nodes(args))
-    if lo * args.gpus_per_node <= MAX_GPUS:
-        more = _node_search(args, args.overrides, lo, sweep)
+    lo = max(cluster.nodes + 1, lower_bound_nodes(job.cfg, cluster))
+    if lo * cluster.gpus_per_node <= MAX_GPUS:
+        more = _node_search(job, cluster, lo, sweep)
         if more is not None:
             return {"change": "more GPUs", "nodes": more.nodes, "gpus": more.world_size,
-                    "overrides": [], "summary": f"{more.nodes} nodes x {args.gpus_per_node} GPUs "
+                    "overrides": [], "summary": f"{more.nodes} nodes x {cluster.gpus_per_node} GPUs "
                     f"= {more.world_size} GPUs"}
-    for what, candidates in _remedies(args, args.overrides):
+    for what, candidates in _remedies(job.cfg, cluster):
         for extra in candidates:
-            e = estimate(args, args.overrides + extra, est.nodes)
-            if e.fits:
-                return {"change": what, "nodes": est.nodes, "gpus": est.world_size, "overrides": extra,
-                        "summary": " ".join(extra)}
+            if estimate(job.with_overrides(extra), cluster).fits:
+                return {"change": what, "nodes": cluster.nodes, "gpus": cluster.world_size,
+                        "overrides": extra, "summary": " ".join(extra)}
     return None
 
 
@@ -286,40 +288,46 @@ def _quiet(verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def lower_bound_nodes(args: argparse.Namespace) -> int:
+def lower_bound_nodes(cfg: Config, cluster: Cluster) -> int:
     """Nodes below which the tables and their optimizer state cannot fit even if
     every byte of HBM and host RAM held them: where the --min-gpus sweep starts."""
-    cfg = load_config(args.config, args.overrides)
-    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding))
-    per_rank = args.host_ram_gb * GiB / args.gpus_per_node
-    if args.device == "cuda":
-        per_rank += args.hbm_gb * GiB * (1 - cfg.sharding.storage_reservation)
+    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding), cfg.optim.embedding)
+    per_rank = cluster.host_ram_bytes / cluster.gpus_per_node
+    if cluster.device == "cuda":
+        per_rank += cluster.hbm_bytes * (1 - cfg.sharding.storage_reservation)
     sparse = stats.weight_bytes + stats.optimizer_bytes
-    return max(1, math.ceil(sparse / (per_rank * args.gpus_per_node)))
+    return max(1, math.ceil(sparse / (per_rank * cluster.gpus_per_node)))
 
 
-def run(args: argparse.Namespace) -> Estimate:
-    if args.min_gpus:
+def run(job: Job, cluster: Cluster, min_gpus: bool = False) -> Estimate:
+    """The report for ``cluster``, with a remedy when it does not fit; or, with
+    ``min_gpus``, the smallest node count that fits and the sweep that found it."""
+    if min_gpus:
         sweep: List[Dict[str, object]] = []
-        lo = lower_bound_nodes(args)
-        best = _node_search(args, args.overrides, lo, sweep)
-        est = best if best is not None else estimate(args, args.overrides, math.ceil(MAX_GPUS / args.gpus_per_node))
+        best = _node_search(job, cluster, lower_bound_nodes(job.cfg, cluster), sweep)
+        est = best if best is not None else estimate(
+            job, dataclasses.replace(cluster, nodes=math.ceil(MAX_GPUS / cluster.gpus_per_node)))
         est.sweep = sorted(sweep, key=lambda s: int(s["nodes"]))  # type: ignore[arg-type]
         return est
-    est = estimate(args, args.overrides, args.nodes)
+    est = estimate(job, cluster)
     if not est.fits:
-        est.remedy = find_remedy(args, est)
+        est.remedy = find_remedy(job, cluster, est)
     return est
 
 
+def job_and_cluster(args: argparse.Namespace) -> Tuple[Job, Cluster]:
+    """The command line as the objects the planner works on (the YAML is read once)."""
+    job = Job(load_config(args.config, args.overrides), args.config, list(args.overrides), args.dataset, args.days)
+    cluster = Cluster(args.nodes, args.gpus_per_node, args.hbm_gb, args.host_ram_gb, args.device)
+    return job, cluster
+
+
+@entry_point("dlrm-dist plan")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     _quiet(args.verbose)
-    try:
-        est = run(args)
-    except (ConfigError, ValueError) as e:
-        print(f"dlrm-dist plan: {e}", file=sys.stderr)
-        return 2
+    job, cluster = job_and_cluster(args)  # a ConfigError is reported by entry_point: exit 2
+    est = run(job, cluster, args.min_gpus)
     if args.json:
         print(json.dumps(dataclasses.asdict(est), indent=1))
     else:

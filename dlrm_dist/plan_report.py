@@ -4,13 +4,45 @@ beside the table and job totals, where published figures use it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dlrm_dist.plan import Estimate
+from dlrm_dist.units import GB, GiB
 
-GiB = 1024**3
-GB = 10**9
+@dataclass
+class Estimate:
+    """Everything ``dlrm-dist plan`` reports; ``--json`` prints it as is (bytes, ms)."""
+
+    config: str
+    overrides: List[str]
+    nodes: int
+    gpus_per_node: int
+    world_size: int
+    compute_device: str
+    hbm_per_rank: int
+    host_ram_per_node: int
+    ddr_per_rank: int
+    batch_size: int
+    global_batch_size: int
+    embedding_optimizer: str
+    embedding_dtype: str
+    embedding_dim: int
+    tables: Dict[str, int]
+    planner: Dict[str, object]
+    plan: List[Dict[str, object]]
+    ranks: List[Dict[str, Dict[str, float]]]
+    hosts: List[Dict[str, int]]
+    step_ms: Optional[float]
+    samples_per_s_per_gpu: Optional[float]
+    preprocess: Dict[str, object]
+    floor: Dict[str, int]
+    """What a rank's device and a host need before any table: no table change helps below it."""
+    fits: bool
+    reasons: List[str] = field(default_factory=list)
+    remedy: Optional[Dict[str, object]] = None
+    sweep: List[Dict[str, object]] = field(default_factory=list)
+
+
 MAX_COLUMNS = 8
 UNIT = ["GiB", GiB]  # [name, bytes], set per report by format_report
 
@@ -66,7 +98,7 @@ def _memory_table(title: str, parts: List[Dict[str, int]], label: str, capacity:
     return [title] + table([""] + names, rows)
 
 
-def _plan_lines(est: "Estimate") -> List[str]:
+def _plan_lines(est: Estimate) -> List[str]:
     p = est.planner
     head = f"Sharding plan (TorchRec EmbeddingShardingPlanner, {p['seconds']} s)"
     if p["error"]:
@@ -82,7 +114,7 @@ def _ranks(ranks: List[int]) -> str:
     return ",".join(map(str, ranks))
 
 
-def _perf_lines(est: "Estimate") -> List[str]:
+def _perf_lines(est: Estimate) -> List[str]:
     if est.step_ms is None:
         return []
     perfs = [sum(r["perf_ms"].values()) for r in est.ranks]
@@ -99,7 +131,7 @@ def _perf_lines(est: "Estimate") -> List[str]:
     ]
 
 
-def _header(est: "Estimate") -> List[str]:
+def _header(est: Estimate) -> List[str]:
     t = est.tables
     unit = "GPU" if est.compute_device == "cuda" else "rank"
     hbm = f"HBM {mem(est.hbm_per_rank)} per GPU; " if est.compute_device == "cuda" else ""
@@ -115,7 +147,7 @@ def _header(est: "Estimate") -> List[str]:
     ]
 
 
-def _totals(est: "Estimate") -> List[str]:
+def _totals(est: Estimate) -> List[str]:
     if not est.ranks:
         return []
     dev = sum(sum(r["device"].values()) for r in est.ranks)
@@ -128,7 +160,7 @@ def _totals(est: "Estimate") -> List[str]:
     return lines + table(["", f"used {UNIT[0]}", f"capacity {UNIT[0]}", "used GB"], rows)
 
 
-def _verdict(est: "Estimate") -> List[str]:
+def _verdict(est: Estimate) -> List[str]:
     if est.fits:
         lines = ["Verdict: FITS"]
     else:
@@ -151,12 +183,12 @@ def _verdict(est: "Estimate") -> List[str]:
     return lines
 
 
-def _floor_fails(est: "Estimate") -> bool:
+def _floor_fails(est: Estimate) -> bool:
     dev = est.compute_device == "cuda" and est.floor["device"] > est.hbm_per_rank
     return dev or est.floor["host_per_node"] > est.host_ram_per_node
 
 
-def _preprocess(est: "Estimate") -> List[str]:
+def _preprocess(est: Estimate) -> List[str]:
     p = est.preprocess
     how = " (dataset inferred from table sizes; --dataset to choose)" if p["inferred"] else ""
     return [
@@ -167,7 +199,7 @@ def _preprocess(est: "Estimate") -> List[str]:
     ]
 
 
-def format_report(est: "Estimate") -> str:
+def format_report(est: Estimate) -> str:
     biggest = max([sum(h.values()) for h in est.hosts] + [est.tables["weight_bytes"]], default=0)
     UNIT[:] = ["GiB", GiB] if biggest >= GiB else ["MiB", 1024**2]
     out = _header(est) + [""] + _plan_lines(est) + [""]

@@ -27,10 +27,12 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from dlrm_dist.data.criteo import CriteoDataError, CriteoDataset, open_days, split_parts
+from dlrm_dist.data.criteo import CriteoDataset, split_parts
+from dlrm_dist.data.npy_days import open_days
+from dlrm_dist.errors import entry_point
 from dlrm_dist.files import atomic_path
 from dlrm_dist.metrics import EvalMetrics
-from dlrm_dist.serving import ExportedModel, ExportedModelError, load_model_file
+from dlrm_dist.serving import ExportedModel, load_model_file
 
 
 def predict(exported: ExportedModel, data: Path, split: str, batch_size: int = 0) -> Dict[str, Any]:
@@ -67,19 +69,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--split", choices=("val", "test"), default="val", help="which half of the last day")
     p.add_argument("--output", type=Path, default=None, help="write probabilities here (.npy, float32)")
     p.add_argument("--batch-size", type=int, default=0, help="rows per forward (default: the run's eval batch)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.batch_size < 0:
+        p.error(f"--batch-size {args.batch_size}: must be > 0")  # exit 2, like any bad argument
+    return args
 
 
+@entry_point("dlrm-dist predict")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.batch_size < 0:
-        print("dlrm-dist predict: error: --batch-size must be > 0", file=sys.stderr)
-        return 2
-    try:
-        result = predict(load_model_file(args.model), args.data, args.split, args.batch_size)
-    except (ExportedModelError, CriteoDataError) as e:
-        print(f"dlrm-dist predict: error: {e}", file=sys.stderr)
-        return 2
+    result = predict(load_model_file(args.model), args.data, args.split, args.batch_size)  # UserError: exit 2
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(args.output) as tmp, open(tmp, "wb") as f:

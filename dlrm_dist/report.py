@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from dlrm_dist.errors import UserError, entry_point
+
 COLUMNS = [  # (summary key, header, format)
     ("val_auc", "val AUC", "{:.4f}"),
     ("test_auc", "test AUC", "{:.4f}"),
@@ -32,7 +34,7 @@ COLUMNS = [  # (summary key, header, format)
 def load_run(run_dir: Path) -> Dict:
     """``{"summary": dict | None, "events": [...]}`` of one run directory."""
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"dlrm-dist report: no run directory {run_dir}")
+        raise UserError(f"no run directory {run_dir}")
     summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     events = []
@@ -41,7 +43,7 @@ def load_run(run_dir: Path) -> Dict:
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
-                raise ValueError(f"dlrm-dist report: {metrics_path}:{n}: not a JSON object") from None
+                raise UserError(f"{metrics_path}:{n}: not a JSON object") from None
     return {"summary": summary, "events": events}
 
 
@@ -94,17 +96,14 @@ def plot(runs: Dict[str, Dict], output: Path) -> None:
     plt.close(fig)
 
 
+@entry_point("dlrm-dist report")
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="dlrm-dist report", description=__doc__.split("\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path, help="run directories of dlrm-dist train")
     p.add_argument("--output", type=Path, default=Path("report.png"), help="plot file (PNG)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     args = p.parse_args(argv)
-    try:
-        runs = {str(d): load_run(d) for d in args.run_dirs}
-    except (FileNotFoundError, ValueError) as e:
-        print(e, file=sys.stderr)
-        return 2
+    runs = {str(d): load_run(d) for d in args.run_dirs}  # a UserError: entry_point, exit 2
     print(format_table(runs))
     if not args.no_plot:
         plot(runs, args.output)

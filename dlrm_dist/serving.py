@@ -33,13 +33,14 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES, Config, ConfigError, parse_config, to_yaml
+from dlrm_dist.errors import UserError
 from dlrm_dist.files import atomic_path
 
 FORMAT = "dlrm_dist.exported_model"
 VERSION = 1
 
 
-class ExportedModelError(ValueError):
+class ExportedModelError(UserError, ValueError):
     """A model file is missing or not one ``dlrm-dist export`` wrote; the message names it."""
 
 

@@ -41,33 +41,28 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES, DataConfig, ShardingConfig
 from dlrm_dist.distributed import DistEnv
+from dlrm_dist.model import EBC_PATH, embedding_bag_collection, table_name
+from dlrm_dist.units import GiB
 
 logger = logging.getLogger(__name__)
 
-GB = 1024**3
 # On a CPU compute device TorchRec's planner offers only these; the others run
 # on CPU too, but only through a plan built by hand (see manual_plan).
 CPU_PLANNER_TYPES = {"data_parallel", "table_wise", "column_wise", "table_column_wise"}
-EBC_PATH = "model.sparse_arch.embedding_bag_collection"
-
-
-def table_name(feature: str) -> str:
-    """The EmbeddingBagConfig name of a feature's table (see model.embedding_bag_configs)."""
-    return f"t_{feature}"
-
-
-def detect_capacity(env: DistEnv, cfg: ShardingConfig) -> tuple[int, int]:
-    """(HBM, DDR) bytes per rank: the config's figures, else what this host has."""
+def detect_capacity(cfg: ShardingConfig, compute_device: str, local_world_size: int) -> tuple[int, int]:
+    """(HBM, DDR) bytes per rank: the config's figures (GiB), else what this host has:
+    the current GPU's memory, and the host's RAM shared by its ranks. Training's plan
+    and its start-up memory check (``dlrm_dist.capacity``) both ask here."""
     if cfg.hbm_gb is not None:
-        hbm = int(cfg.hbm_gb * GB)
-    elif env.device.type == "cuda":
-        hbm = torch.cuda.get_device_properties(env.device).total_memory
+        hbm = int(cfg.hbm_gb * GiB)
+    elif compute_device == "cuda":
+        hbm = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     else:
         hbm = 0
     if cfg.ddr_gb is not None:
-        ddr = int(cfg.ddr_gb * GB)
+        ddr = int(cfg.ddr_gb * GiB)
     else:
-        ddr = psutil.virtual_memory().total // max(1, env.local_world_size)
+        ddr = psutil.virtual_memory().total // max(1, local_world_size)
     return hbm, ddr
 
 
@@ -163,7 +158,7 @@ def manual_plan(
     (row_wise, table_row_wise): every table gets its pinned type, others table_wise
     round-robin. Kernels stay TorchRec's default (fused)."""
     pinned = _pinned_types(cfg)
-    ebc = model.get_submodule(EBC_PATH)
+    ebc = embedding_bag_collection(model)
     per_param = {}
     for i, feature in enumerate(SPARSE_FEATURE_NAMES):
         name = table_name(feature)
@@ -199,7 +194,7 @@ def build_plan(
     if env.device.type == "cpu" and pinned - CPU_PLANNER_TYPES:
         logger.info("CPU run pins %s: building the plan by hand", sorted(pinned - CPU_PLANNER_TYPES))
         return manual_plan(model, cfg, env)
-    hbm, ddr = detect_capacity(env, cfg)
+    hbm, ddr = detect_capacity(cfg, env.device.type, env.local_world_size)
     topology = build_topology(env.world_size, env.local_world_size, env.device.type, hbm, ddr)
     planner = build_planner(cfg, topology, batch_size, pooling_factors=pooling_factors)
     return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)

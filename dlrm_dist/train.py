@@ -1,8 +1,9 @@
 """``python -m dlrm_dist.train`` / ``dlrm-dist train``: the whole recipe, top to bottom.
 
-config -> DistEnv -> model (tables on meta) -> fused embedding optimizer ->
-sharding plan -> DistributedModelParallel -> dense optimizer + LR schedule ->
-[checkpoint loaded] -> data -> Trainer -> summary.json. One process when
+config -> DistEnv -> data (checked first: a wrong path fails in a second) ->
+run dir -> model (tables on meta) -> fused embedding optimizer -> sharding plan
+-> DistributedModelParallel -> dense optimizer + LR schedule -> [checkpoint
+loaded] -> Trainer -> summary.json. One process when
 started by hand; one rank of the job under torchrun or torchx
 (``dist.ddp -m dlrm_dist.train``).
 """
@@ -16,7 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from dlrm_dist.config import Config, ConfigError, load_config, to_yaml
+from dlrm_dist.config import Config, load_config, to_yaml
+from dlrm_dist.errors import UserError, report
 
 if TYPE_CHECKING:
     from dlrm_dist.config import ShardingConfig
@@ -65,19 +67,16 @@ def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv", resuming:
 
 
 def check_memory(cfg: Config, env: "DistEnv") -> None:
-    """One rank per host compares the plan's host-memory need with what is free."""
+    """One rank per host (local rank 0) compares the plan's host-memory need with
+    what is free there; a shortfall on any host stops every rank with its message."""
     from dlrm_dist.capacity import check_host_memory
-    from dlrm_dist.distributed import first_error
+    from dlrm_dist.distributed import collectively
 
-    problem = ""
-    if env.local_rank == 0:
-        try:
+    def check() -> None:
+        if env.local_rank == 0:
             check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
-        except RuntimeError as e:
-            problem = str(e)
-    problem = first_error(problem, env)
-    if problem:
-        raise SystemExit(f"dlrm-dist train: error: {problem}")
+
+    collectively(check, env)
 
 
 def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistEnv", run_dir: Path):
@@ -102,20 +101,35 @@ def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistE
 
 
 def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
-    from dlrm_dist import checkpoint as ckpt
-    from dlrm_dist.data import build_data
     from dlrm_dist.distributed import init_distributed, teardown
-    from dlrm_dist.metrics import MetricsSink
-    from dlrm_dist.trainer import Trainer, TrainState, log_summary
 
     env = init_distributed(cfg.dist)
     setup_logging(env.rank)
+    clean = False
+    try:
+        summary = _train(cfg, config_path, run_dir_arg, env)
+        clean = True
+        return summary
+    finally:  # sinks are closed in _train; the process group always goes
+        teardown(clean)
+
+
+def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "DistEnv") -> dict:
+    from dlrm_dist import checkpoint as ckpt
+    from dlrm_dist.data.build import build_data
+    from dlrm_dist.distributed import collectively
+    from dlrm_dist.metrics import MetricsSink
+    from dlrm_dist.trainer import Trainer, TrainState, log_summary
+
+    # The data first: a wrong data.path must fail in a second, not after planning a 100 GB model.
+    data = collectively(lambda: build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env), env)
     run_dir = make_run_dir(run_dir_arg, config_path, env, resuming=bool(cfg.train.resume))
     ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else run_dir / "checkpoints"
     resume_from = ckpt.find_resume(cfg.train.resume, ckpt_dir, env)
     sharding_cfg = cfg.sharding
     if resume_from is not None:  # same sharding types as saved: see dlrm_dist.checkpoint
-        sharding_cfg = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(resume_from)["sharding_types"])
+        sharding_cfg = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(resume_from)["sharding_types"],
+                                               str(resume_from / ckpt.META))
     if env.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     if cfg.dist.check_host_memory:  # stop now, not when the OOM killer strikes an hour in
@@ -133,28 +147,50 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
         checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env),
                                          to_yaml(cfg))
 
-    data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)
     sink = MetricsSink(run_dir, env, cfg.metrics)
-    trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink, checkpointer, state)
-    summary = trainer.fit(data)
-    sink.write_json("summary.json", summary)
-    sink.close()
+    try:
+        trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink, checkpointer, state)
+        summary = trainer.fit(data)
+        sink.write_json("summary.json", summary)
+    finally:
+        sink.close()
     if env.is_main:
         logger.info("%s", log_summary(summary))
         logger.info("run directory: %s", run_dir)
-    teardown()
     return summary
 
 
+def preflight(cfg: Config) -> None:
+    """Checks that need no torch, done before importing it: the Criteo folder."""
+    if cfg.data.source == "criteo":
+        from dlrm_dist.data.npy_days import open_days
+
+        open_days(Path(cfg.data.path))
+
+
+def train_rank(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> int:
+    """One rank's whole run; a user error is one line from rank 0 and exit code 2."""
+    try:
+        run(cfg, config_path, run_dir_arg)
+    except UserError as e:
+        return report("dlrm-dist train", e)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Exit code 0 when training finished, 2 on a user error (config, data, checkpoint,
+    memory: one line on stderr, from rank 0), anything else a traceback."""
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"dlrm-dist train: error: {e}", file=sys.stderr)
-        return 2
-    run(cfg, args.config, args.run_dir)
-    return 0
+        cfg = load_config(args.config, args.overrides)  # before torch is imported: fast
+        preflight(cfg)
+    except UserError as e:
+        return report("dlrm-dist train", e)
+    # torch elastic's @record writes a failing rank's traceback where torchrun / torchx
+    # find it, so the job's failure names the rank that failed first.
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(train_rank)(cfg, args.config, args.run_dir)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import IterableDataset
 from torchrec.distributed.train_pipeline import EvalPipelineSparseDist, TrainPipelineSparseDist
 from tqdm import tqdm
 
 from dlrm_dist.config import MetricsConfig, TrainConfig
-from dlrm_dist.data import DataSplits, make_loader, num_batches
+from dlrm_dist.data.contract import DataSplits, ResumableSplit
+from dlrm_dist.data.loader import make_loader
 from dlrm_dist.distributed import DistEnv
 from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
 
@@ -50,16 +50,14 @@ class TrainState:
     epoch: int = 0
 
 
-def _train_batches(dataset: IterableDataset, device: torch.device, epochs: int, start: int = 0) -> Iterator[Any]:
+def _train_batches(split: ResumableSplit, device: torch.device, epochs: int, start: int = 0) -> Iterator[Any]:
     """One iterator over all epochs, so the pipeline never drains between epochs;
     it begins at overall batch ``start`` (the steps a resumed run has done)."""
-    first_epoch, start_batch = divmod(start, num_batches(dataset))
+    first_epoch, start_batch = divmod(start, len(split))
     for epoch in range(first_epoch, epochs):
-        skip = start_batch if epoch == first_epoch else 0
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch, skip)  # e.g. reshuffle batch order; skip without reading
-            skip = 0
-        yield from itertools.islice(make_loader(dataset, device), skip, None)
+        # e.g. reshuffle the batch order; a resumed epoch skips batches without reading them
+        split.set_epoch(epoch, start_batch if epoch == first_epoch else 0)
+        yield from make_loader(split, device)
 
 
 class Trainer:
@@ -88,12 +86,12 @@ class Trainer:
         return self.cfg.epochs * steps_per_epoch
 
     # ------------------------------------------------------------------ eval
-    def evaluate(self, dataset: IterableDataset, max_batches: int = 0) -> Dict[str, float]:
+    def evaluate(self, split: ResumableSplit, max_batches: int = 0) -> Dict[str, float]:
         """AUROC / logloss / accuracy of the model on a split, synced over ranks."""
         model = self.pipeline.detach()  # original forwards back; in-flight batch kept
         model.eval()
         metrics = EvalMetrics(self.env.device, self.metrics_cfg.auroc_thresholds)
-        batches: Iterator[Any] = iter(make_loader(dataset, self.env.device))
+        batches: Iterator[Any] = iter(make_loader(split, self.env.device))
         if max_batches > 0:
             batches = itertools.islice(batches, max_batches)
         pipeline = EvalPipelineSparseDist(model, self.optimizer, self.env.device)
@@ -130,7 +128,7 @@ class Trainer:
         })
 
     def fit(self, data: DataSplits) -> Dict[str, Any]:
-        steps_per_epoch = num_batches(data.train)
+        steps_per_epoch = len(data.train)
         total = self.total_steps(steps_per_epoch)
         epochs = -(-total // steps_per_epoch)
         start = self.state.step

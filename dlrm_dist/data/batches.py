@@ -16,7 +16,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES
-from dlrm_dist.data.transforms import log1p_transform
+from dlrm_dist.prep.transforms import log1p_transform
 
 
 def dense_transform(raw: np.ndarray) -> np.ndarray:

@@ -20,91 +20,23 @@ map an out-of-range id to row 0.
 
 from __future__ import annotations
 
-import json
-import re
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
 import numpy as np
-from torch.utils.data import IterableDataset
 from torchrec.datasets.utils import Batch
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, DataConfig
-from dlrm_dist.data import DataSplits, multi_hot
+from dlrm_dist.config import DataConfig
+from dlrm_dist.data import multi_hot
 from dlrm_dist.data.batches import make_batch
-from dlrm_dist.data.synthetic import rank_slice
+from dlrm_dist.data.contract import DataSplits, SplitBase, rank_slice
+from dlrm_dist.data.npy_days import Day, open_days
 
 if TYPE_CHECKING:
     from dlrm_dist.distributed import DistEnv
 
-Day = Tuple[np.ndarray, np.ndarray, np.ndarray]  # dense (N, 13), sparse (N, 26), labels (N, 1)
-KINDS = ("dense", "sparse", "labels")
-
-
-class CriteoDataError(ValueError):
-    """The npy folder is missing, incomplete or inconsistent; the message names it."""
-
-
-def _day_numbers(folder: Path) -> List[int]:
-    if not folder.is_dir():
-        raise CriteoDataError(f"data.path {folder}: no such folder")
-    found = {kind: {int(m.group(1)) for p in folder.iterdir()
-                    if (m := re.fullmatch(rf"day_(\d+)_{kind}\.npy", p.name))} for kind in KINDS}
-    days = found["dense"] | found["sparse"] | found["labels"]
-    if not days:
-        raise CriteoDataError(f"data.path {folder}: no day_{{i}}_{{dense,sparse,labels}}.npy files; "
-                              "run `dlrm-dist preprocess` to make them")
-    for day in sorted(days):
-        missing = [k for k in KINDS if day not in found[k]]
-        if missing:
-            raise CriteoDataError(f"data.path {folder}: day {day} has no "
-                                  + ", ".join(f"day_{day}_{k}.npy" for k in missing))
-    if sorted(days) != list(range(len(days))):
-        gaps = sorted(set(range(max(days) + 1)) - days)
-        raise CriteoDataError(f"data.path {folder}: days must be 0 .. {max(days)} with none missing; "
-                              f"missing day(s) {gaps}")
-    if len(days) < 2:
-        raise CriteoDataError(f"data.path {folder}: needs at least 2 days (training days, then a "
-                              "last day split into validation and test); found 1")
-    return sorted(days)
-
-
-def _check_complete(folder: Path, days: List[Day]) -> None:
-    """Refuse a folder whose preprocessing was interrupted (markers without a manifest)."""
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        if any(folder.glob("day_*.done.json")):
-            raise CriteoDataError(f"data.path {folder}: preprocessing did not finish (no manifest.json); "
-                                  "rerun the same `dlrm-dist preprocess` command to complete it")
-        return  # e.g. written by TorchRec's tsv_to_npys: nothing to check against
-    rows = json.loads(manifest.read_text()).get("rows_per_day")
-    if rows is not None and rows != [len(d[0]) for d in days]:
-        raise CriteoDataError(f"data.path {folder}: manifest.json lists rows per day {rows}, the files "
-                              f"hold {[len(d[0]) for d in days]}; rerun `dlrm-dist preprocess`")
-
-
-def open_days(folder: Path) -> List[Day]:
-    """Memory-map every day; check the three files of each day agree."""
-    days = []
-    for day in _day_numbers(folder):
-        arrs = [np.load(folder / f"day_{day}_{k}.npy", mmap_mode="r") for k in KINDS]
-        dense, sparse, labels = arrs
-        shapes = ", ".join(f"day_{day}_{k}.npy {a.shape}" for k, a in zip(KINDS, arrs))
-        if (dense.ndim != 2 or dense.shape[1] != NUM_DENSE_FEATURES or sparse.ndim != 2
-                or sparse.shape[1] != NUM_SPARSE_FEATURES or labels.shape[1:] not in ((), (1,))):
-            raise CriteoDataError(f"data.path {folder}: expected (N, 13), (N, 26), (N, 1); got {shapes}")
-        if not len(dense) == len(sparse) == len(labels):
-            raise CriteoDataError(f"data.path {folder}: row counts differ: {shapes}")
-        if dense.dtype.kind != "f" or sparse.dtype.kind not in "iu":
-            raise CriteoDataError(f"data.path {folder}: day {day}: dense must be float (transformed), sparse "
-                                  f"integer; got {dense.dtype}, {sparse.dtype}")
-        days.append((dense, sparse, labels.reshape(-1, 1)))
-    _check_complete(folder, days)
-    return days
-
-
-class CriteoDataset(IterableDataset):
+class CriteoDataset(SplitBase):
     """One rank's batches of a sequence of rows spread over one or more days."""
 
     def __init__(self, parts: List[Day], batch_size: int, rank: int, world_size: int,
@@ -116,17 +48,10 @@ class CriteoDataset(IterableDataset):
         self.rows = rank_slice(int(self.starts[-1]), batch_size, rank, world_size)
         self.table_sizes = np.asarray(table_sizes, dtype=np.int64)
         self.multi_hot_sizes, self.multi_hot_distribution = multi_hot_sizes, multi_hot_distribution
-        self.seed, self.shuffle, self.shuffle_rows, self.epoch = seed, shuffle, shuffle_rows, 0
-        self.start_batch = 0
+        self.seed, self.shuffle, self.shuffle_rows = seed, shuffle, shuffle_rows
 
     def __len__(self) -> int:
         return len(self.rows) // self.batch_size
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Pick the batch order of an epoch (shuffle); otherwise each pass advances it by one.
-        The next pass starts at batch ``start_batch`` of that order (a resumed run): the
-        rows of the batches before it are never read, only their indices computed."""
-        self.epoch, self.start_batch = epoch, start_batch
 
     def batch_order(self, epoch: int) -> np.ndarray:
         """Batch indices in the order an epoch reads them: seeded by (seed, epoch), the
@@ -176,10 +101,10 @@ class CriteoDataset(IterableDataset):
             chunks.append([np.asarray(x[max(lo - start, 0):min(hi, stop) - start]) for x in part])
         return tuple(np.concatenate(cols) for cols in zip(*chunks))  # type: ignore[return-value]
 
-    def __iter__(self) -> Iterator[Batch]:
-        epoch, first = self.epoch, self.start_batch
-        self.epoch, self.start_batch = epoch + 1, 0
-        for rows in itertools.islice(self.row_batches(epoch), first, None):
+    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        """Epoch ``epoch``'s order (shuffled when asked) from batch ``start_batch`` on:
+        the rows of the batches before it are never read, only their indices computed."""
+        for rows in itertools.islice(self.row_batches(epoch), start_batch, None):
             yield self.to_batch(*self.take(rows))
 
     def to_batch(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Batch:

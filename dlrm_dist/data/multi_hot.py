@@ -15,7 +15,7 @@ from typing import List
 
 import numpy as np
 
-from dlrm_dist.data.hashing import uniform
+from dlrm_dist.hashing import uniform
 
 PARETO_A = 0.25  # MLPerf's shape parameter
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import itertools
 from typing import Iterator, List, Optional
 
-from torch.utils.data import IterableDataset
 from torchrec.datasets.random import RandomRecDataset
 from torchrec.datasets.utils import Batch
 
 from dlrm_dist.config import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES
+from dlrm_dist.data.contract import SplitBase
 
 
-class RandomSplit(IterableDataset):
+class RandomSplit(SplitBase):
     """``num_batches`` random batches; a fixed-size wrapper so every rank knows the count."""
 
     def __init__(
@@ -24,7 +24,6 @@ class RandomSplit(IterableDataset):
         seed: int,
     ) -> None:
         self.num_batches = num_batches
-        self.start_batch = 0
         self.dataset = RandomRecDataset(
             keys=SPARSE_FEATURE_NAMES,
             batch_size=batch_size,
@@ -39,11 +38,7 @@ class RandomSplit(IterableDataset):
     def __len__(self) -> int:
         return self.num_batches
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """The next pass starts at batch ``start_batch`` (a resumed run); the batches
-        before it are skipped, which is cheap: they cycle through 10 cached ones."""
-        self.start_batch = start_batch
-
-    def __iter__(self) -> Iterator[Batch]:
-        first, self.start_batch = self.start_batch, 0
-        return itertools.islice(iter(self.dataset), first, None)
+    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        """Batches before ``start_batch`` are skipped, which is cheap: they cycle
+        through 10 cached ones."""
+        return itertools.islice(iter(self.dataset), start_batch, None)

@@ -11,11 +11,16 @@ Shapes (TorchRec's notation): B samples, F = 26 sparse features, D embedding dim
 The EmbeddingBagCollection is built on the meta device: its 100+ GB of rows
 are only allocated once DistributedModelParallel has decided which rank holds
 which shard. Nothing here knows about ranks or torch.distributed.
+
+This module owns where the tables are: the submodule path of the
+EmbeddingBagCollection (``EBC_PATH``, the key of its sharding plan) and each
+table's name (``table_name``). Sharding, optimizers, checkpoints and the
+capacity planner ask it instead of spelling those strings themselves.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import Iterator, List, Tuple
 
 import torch
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
@@ -25,11 +30,42 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from dlrm_dist.config import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES, ModelConfig
 
 
+EBC_PATH = "model.sparse_arch.embedding_bag_collection"
+"""Where DLRMTrain keeps its EmbeddingBagCollection (DLRMTrain -> DLRM -> SparseArch);
+the key of its entry in a TorchRec ShardingPlan."""
+_TABLE_PREFIX = "t_"
+
+
+def table_name(feature: str) -> str:
+    """The table fed by a sparse feature: ``cat_3`` -> ``t_cat_3``."""
+    return f"{_TABLE_PREFIX}{feature}"
+
+
+def feature_name(table: str) -> str:
+    """Inverse of :func:`table_name`; a ValueError for a name that is not one of ours."""
+    feature = table[len(_TABLE_PREFIX):] if table.startswith(_TABLE_PREFIX) else ""
+    if feature not in SPARSE_FEATURE_NAMES:
+        raise ValueError(f"{table!r} is not a DLRM table name ({table_name(SPARSE_FEATURE_NAMES[0])} ...)")
+    return feature
+
+
+def embedding_bag_collection(model: torch.nn.Module) -> torch.nn.Module:
+    """The (possibly sharded) EmbeddingBagCollection of a DLRMTrain, or of the
+    DistributedModelParallel wrapping one (DMP's ``module`` is the unwrapped model)."""
+    return getattr(model, "module", model).get_submodule(EBC_PATH)
+
+
+def dense_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Parameter]]:
+    """Parameters outside the embedding tables (the data-parallel part)."""
+    tables = {id(p) for p in embedding_bag_collection(model).parameters()}
+    return ((n, p) for n, p in model.named_parameters() if id(p) not in tables)
+
+
 def embedding_bag_configs(cfg: ModelConfig) -> List[EmbeddingBagConfig]:
-    """One table per sparse feature, named ``t_cat_i`` and fed by feature ``cat_i``."""
+    """One table per sparse feature, named ``table_name(feature)`` and fed by that feature."""
     return [
         EmbeddingBagConfig(
-            name=f"t_{feature}",
+            name=table_name(feature),
             embedding_dim=cfg.embedding_dim,
             num_embeddings=rows,
             feature_names=[feature],
@@ -73,6 +109,4 @@ def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: tor
 
 def dense_parameter_count(model: torch.nn.Module) -> int:
     """Parameters outside the embedding tables (the data-parallel part)."""
-    return sum(
-        p.numel() for name, p in model.named_parameters() if "embedding_bag_collection" not in name
-    )
+    return sum(p.numel() for _, p in dense_named_parameters(model))

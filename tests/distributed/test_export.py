@@ -32,7 +32,9 @@ import yaml
 
 from dlrm_dist import cli
 from dlrm_dist.config import load_config, to_yaml
-from dlrm_dist.data.criteo import CriteoDataset, open_days, split_parts
+from dlrm_dist.data.criteo import CriteoDataset, split_parts
+from dlrm_dist.data.npy_days import open_days
+from dlrm_dist.model import EBC_PATH, table_name
 from dlrm_dist.serving import serving_inputs
 from tests.conftest import ROOT, run_cmd
 from tests.distributed.spawn import run_on_ranks
@@ -40,7 +42,11 @@ from tests.distributed.spawn import run_on_ranks
 ROWS_PER_DAY = 4096  # 2 training days: 16 steps of 256 x 2 ranks; validation 2048 rows = 4 batches per rank
 PINNED = {"cat_0": "row_wise", "cat_1": "table_row_wise", "cat_2": "column_wise",
           "cat_3": "data_parallel", "cat_4": "table_wise"}
-TABLE = "model.sparse_arch.embedding_bag_collection.embedding_bags.t_{}.weight"
+
+
+def _table_key(feature: str) -> str:
+    """The DCP key of a feature's table weight (checkpoint app state "model", then DLRMTrain's key)."""
+    return f"model.{EBC_PATH}.embedding_bags.{table_name(feature)}.weight"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +96,7 @@ def _sharded_val_probs(step: Path, run_dir: Path, out: Path) -> None:
     import torch.distributed as dist
 
     from dlrm_dist import checkpoint as ckpt
-    from dlrm_dist.data import build_data
+    from dlrm_dist.data.build import build_data
     from dlrm_dist.distributed import init_distributed
     from dlrm_dist.train import build_sharded_model
 
@@ -116,14 +122,14 @@ def test_checkpoint_holds_every_sharding_type(trained):
 
     step = trained["step"]
     meta = json.loads((step / "meta.json").read_text())
-    assert {f"t_{f}": t for f, t in PINNED.items()}.items() <= meta["sharding_types"].items()
+    assert {table_name(f): t for f, t in PINNED.items()}.items() <= meta["sharding_types"].items()
     assert load_config(step / "config.yaml").data.path == str(trained["npy"])
     tensors = FileSystemReader(str(step)).read_metadata().state_dict_metadata
-    offsets = {f: sorted(tuple(c.offsets) for c in tensors["model." + TABLE.format(f)].chunks) for f in PINNED}
+    offsets = {f: sorted(tuple(c.offsets) for c in tensors[_table_key(f)].chunks) for f in PINNED}
     assert offsets["cat_0"] == offsets["cat_1"] == [(0, 0), (50, 0)]  # rows split over 2 ranks
     assert offsets["cat_2"] == [(0, 0), (0, 8)]  # columns split
     assert offsets["cat_3"] == offsets["cat_4"] == [(0, 0)]  # whole (replicated / on one rank)
-    assert all(tuple(tensors["model." + TABLE.format(f"cat_{i}")].size) == (100, 16) for i in range(26))
+    assert all(tuple(tensors[_table_key(f"cat_{i}")].size) == (100, 16) for i in range(26))
     assert any(k.startswith("optim.state.embedding.") for k in tensors)  # there, and export skips it
 
 

@@ -18,6 +18,7 @@ from typing import List
 import pytest
 
 from dlrm_dist import capacity as cap
+from dlrm_dist.sharding import detect_capacity
 from dlrm_dist.config import load_config
 from dlrm_dist.sharding import describe_plan
 from tests.conftest import ROOT, run_cmd
@@ -62,6 +63,6 @@ def test_predicted_host_memory_matches_peak_rss(case: str, tmp_path: Path) -> No
         assert abs(p - m) <= TOLERANCE * m, (case, p, m)
     # ... and it predicted from the very plan the trainer made.
     model = cap.meta_model(cfg.model, cfg.optim.embedding)
-    run = cap.run_planner(cfg, model, ranks, ranks, "cpu", *cap.default_capacity(cfg, ranks, "cpu"))
+    run = cap.run_planner(cfg, model, ranks, ranks, "cpu", *detect_capacity(cfg.sharding, "cpu", ranks))
     trained_plan = (tmp_path / case / "plan.txt").read_text()
     assert trained_plan.split("\n\n")[0] == describe_plan(run.plan).split("\n\n")[0]

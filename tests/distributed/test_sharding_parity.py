@@ -53,7 +53,8 @@ from dlrm_dist.data.batches import make_batch
 from dlrm_dist.distributed import DistEnv, init_distributed
 from dlrm_dist.model import build_model
 from dlrm_dist.optim import apply_embedding_optimizer, build_optimizer
-from dlrm_dist.sharding import EBC_PATH, build_plan, plan_sharding_types, shard_model, table_name
+from dlrm_dist.model import EBC_PATH, table_name
+from dlrm_dist.sharding import build_plan, plan_sharding_types, shard_model
 from tests.distributed.spawn import run_on_ranks
 
 WORLD_SIZE = 2

@@ -13,10 +13,11 @@ import torch
 
 from criteo_text import random_lines, reference_parse, write_lines
 from dlrm_dist.config import DataConfig
-from dlrm_dist.data import build_data
-from dlrm_dist.data import preprocess
-from dlrm_dist.data.criteo import CriteoDataError, build_criteo_splits
-from dlrm_dist.data.transforms import log1p_transform
+from dlrm_dist.data.build import build_data
+from dlrm_dist.prep import preprocess
+from dlrm_dist.data.criteo import build_criteo_splits
+from dlrm_dist.data.npy_days import CriteoDataError
+from dlrm_dist.prep.transforms import log1p_transform
 from dlrm_dist.distributed import DistEnv
 
 BIG = [2**40] * 26  # tables larger than any id: no hashing
@@ -137,7 +138,10 @@ def test_shuffled_batch_order_is_seeded_per_epoch_and_a_permutation(tmp_path):
     out = our_npy(raw, tmp_path / "npy")
     plain = [b[2].tobytes() for b in batches(splits(out, 16).train)]
     s1, s2 = splits(out, 16, shuffle_batches=True, seed=3), splits(out, 16, shuffle_batches=True, seed=3)
-    e0, e1 = [b[2].tobytes() for b in batches(s1.train)], [b[2].tobytes() for b in batches(s1.train)]
+    e0 = [b[2].tobytes() for b in batches(s1.train)]
+    assert e0 == [b[2].tobytes() for b in batches(s1.train)]  # no set_epoch: the same epoch again
+    s1.train.set_epoch(1)
+    e1 = [b[2].tobytes() for b in batches(s1.train)]
     assert e0 == [b[2].tobytes() for b in batches(s2.train)]  # same seed, same epoch: same order
     assert e0 != e1 and e0 != plain  # another epoch, another order
     assert sorted(e0) == sorted(plain) == sorted(e1)  # every batch exactly once

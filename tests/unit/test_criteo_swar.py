@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from criteo_text import random_lines, reference_parse
-from dlrm_dist.data.criteo_swar import parse_regular
-from dlrm_dist.data.criteo_tsv import ParseSpec, _parse_with_arrow, check_line, parse_block
+from dlrm_dist.prep.criteo_swar import parse_regular
+from dlrm_dist.prep.criteo_tsv import ParseSpec, _parse_with_arrow, check_line, parse_block
 
 
 def block_of(lines):

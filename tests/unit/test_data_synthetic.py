@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from dlrm_dist.data import multi_hot
-from dlrm_dist.data.synthetic import SyntheticDataset, Teacher, rank_slice, teacher_auc
+from dlrm_dist.data.contract import rank_slice
+from dlrm_dist.data.synthetic import SyntheticDataset
+from dlrm_dist.teacher import Teacher, teacher_auc
 
 
 def test_samples_depend_on_index_not_on_how_they_are_read():

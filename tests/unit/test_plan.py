@@ -19,6 +19,7 @@ from dlrm_dist import capacity as cap
 from dlrm_dist import criteo_facts as facts
 from dlrm_dist import plan
 from dlrm_dist.config import load_config
+from dlrm_dist.errors import CapacityError
 from dlrm_dist.model.dlrm import build_model, dense_parameter_count
 
 TB_SIZES = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
@@ -59,7 +60,7 @@ def cfgs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def run_plan(argv: List[str]) -> plan.Estimate:
     args = plan.parse_args(argv)
     plan._quiet(False)
-    return plan.run(args)
+    return plan.run(*plan.job_and_cluster(args), args.min_gpus)
 
 
 def summed(est: plan.Estimate, tier: str, key: str) -> int:
@@ -73,7 +74,7 @@ def summed(est: plan.Estimate, tier: str, key: str) -> int:
     ("adagrad", TB_BYTES), ("rowwise_adagrad", TB_ROWS * 4), ("sgd", 0), ("adam", 2 * TB_BYTES)])
 def test_optimizer_state_follows_the_configured_embedding_optimizer(cfgs: dict, name: str, expected: int) -> None:
     cfg = load_config(cfgs["tb"], [f"optim.embedding.name={name}"])
-    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding))
+    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding), cfg.optim.embedding)
     assert (stats.rows, stats.weight_bytes) == (TB_ROWS, TB_BYTES)
     assert round(TB_BYTES / 1e9, 1) == 104.5
     assert stats.optimizer_bytes == expected
@@ -81,7 +82,7 @@ def test_optimizer_state_follows_the_configured_embedding_optimizer(cfgs: dict, 
 
 def test_fp16_tables_halve_rows_but_not_optimizer_state(cfgs: dict) -> None:
     cfg = load_config(cfgs["tb"], ["model.embedding_dtype=fp16"])
-    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding))
+    stats = cap.table_stats(cap.meta_model(cfg.model, cfg.optim.embedding), cfg.optim.embedding)
     assert stats.weight_bytes == TB_BYTES // 2
     assert stats.optimizer_bytes == TB_BYTES  # FBGEMM keeps Adagrad momentum in fp32
 
@@ -179,10 +180,10 @@ def test_uvm_caching_is_the_next_remedy_when_gpus_are_capped(cfgs: dict, monkeyp
 
 
 def test_remedies_are_tried_in_the_documented_order(cfgs: dict) -> None:
-    args = plan.parse_args(["--config", cfgs["tb"], "sharding.compute_kernels=[fused]"])
-    names = [what.split(":")[0] for what, _ in plan._remedies(args, args.overrides)]
+    job, cluster = plan.job_and_cluster(plan.parse_args(["--config", cfgs["tb"], "sharding.compute_kernels=[fused]"]))
+    names = [what.split(":")[0] for what, _ in plan._remedies(job.cfg, cluster)]
     assert names == ["UVM caching", "RowWiseAdagrad", "fp16 tables", "smaller tables"]
-    caps = plan._remedies(args, args.overrides)[-1][1]
+    caps = plan._remedies(job.cfg, cluster)[-1][1]
     assert caps[0] == ["model.num_embeddings_per_feature=[" + ",".join(
         str(min(s, 20_000_000)) for s in TB_SIZES) + "]"]
 
@@ -221,7 +222,7 @@ def test_check_host_memory(cfgs: dict) -> None:
     need = cap.host_memory_per_rank(cfg, 1, 1, "cpu")
     assert cap.CPU_PROCESS_BYTES < need < cap.CPU_PROCESS_BYTES + 64 * 1024**2
     cap.check_host_memory(cfg, 1, 1, "cpu", available_bytes=need)
-    with pytest.raises(RuntimeError, match=r"need .* GiB .* available.*rowwise_adagrad"):
+    with pytest.raises(CapacityError, match=r"need .* GiB .* available.*rowwise_adagrad"):
         cap.check_host_memory(cfg, 2, 2, "cpu", available_bytes=need)
 
 
@@ -239,3 +240,13 @@ def test_planner_places_fp16_tables_at_half_the_bytes(cfgs: dict) -> None:
     fp32, fp16 = run_plan(args), run_plan(args + ["model.embedding_dtype=fp16"])
     assert fp16.fits and summed(fp16, "host", "embedding weights") * 2 == summed(fp32, "host", "embedding weights")
     assert summed(fp16, "host", "embedding optimizer") == summed(fp32, "host", "embedding optimizer")
+
+
+def test_torchrec_internals(cfgs: dict) -> None:
+    """The two TorchRec internals the capacity planner reads (no public API): a
+    TorchRec release that renames them must fail here, not count 0 bytes."""
+    cfg = load_config(cfgs["tiny"])
+    assert cap.optimizer_multiplier(torch.optim.Adagrad, torch.Size([10, 16])) == 1.0
+    model = cap.meta_model(cfg.model, cfg.optim.embedding)
+    run = cap.run_planner(cfg, model, 2, 2, "cpu", 0, 8 * cap.GiB)
+    assert run.error is None and run.kjt_bytes > 0 and run.dense_reserved_bytes > 0

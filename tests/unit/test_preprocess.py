@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from criteo_text import load_day, random_lines, reference_parse, write_lines
-from dlrm_dist.data import preprocess
+from dlrm_dist.prep import preprocess
 from dlrm_dist.data.batches import dense_transform
-from dlrm_dist.data.criteo_tsv import ParseSpec, check_line, parse_block
-from dlrm_dist.data.npy_stream import NpyStreamWriter
-from dlrm_dist.data.transforms import log_plus3_transform
+from dlrm_dist.prep.criteo_tsv import ParseSpec, check_line, parse_block
+from dlrm_dist.prep.npy_stream import NpyStreamWriter
+from dlrm_dist.prep.transforms import log_plus3_transform
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,7 +123,7 @@ def test_bad_line_stops_with_file_and_line_and_leaves_no_partial_day(tmp_path, c
     lines = random_lines(400, seed=3)
     lines[299] = corrupt(lines[299], kind)  # line 300, in a later block
     write_lines(raw / "day_1.gz", lines)
-    assert run_preprocess(raw, out, "--block-mb", "0.01") == 1
+    assert run_preprocess(raw, out, "--block-mb", "0.01") == 2
     err = capsys.readouterr().err
     assert f"{raw / 'day_1.gz'}, line 300: " in err and REASONS[kind] in err
     assert "Traceback" not in err
@@ -176,7 +176,7 @@ def test_kaggle_bad_line_is_named_by_its_line_in_train_txt_and_parallel_workers_
     lines[44] = corrupt(lines[44], "label not 0/1")  # line 45 is in day 4 (lines 41-50)
     write_lines(tmp_path / "train.txt", lines)
     out = tmp_path / "npy"
-    assert run_preprocess(tmp_path / "train.txt", out, "--workers", "3", dataset="criteo_kaggle") == 1
+    assert run_preprocess(tmp_path / "train.txt", out, "--workers", "3", dataset="criteo_kaggle") == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'train.txt'}, line 45: label must be 0 or 1" in err and "Traceback" not in err
     assert not list(out.glob("day_4*")) and not list(out.glob(".*partial"))
@@ -190,14 +190,14 @@ def test_rerun_with_skip_after_a_bad_line_keeps_the_days_already_done(tmp_path, 
     bad = random_lines(60, seed=12)
     bad[9] = corrupt(bad[9], "too few fields")
     write_lines(raw / "day_1", bad)
-    assert run_preprocess(raw, out) == 1
+    assert run_preprocess(raw, out) == 2
     day0 = (out / "day_0_sparse.npy").stat().st_mtime_ns
     capsys.readouterr()
     assert run_preprocess(raw, out, "--on-bad-line", "skip") == 0
     assert "1 of 2 days already done" in capsys.readouterr().out
     assert (out / "day_0_sparse.npy").stat().st_mtime_ns == day0
     assert json.loads((out / "manifest.json").read_text())["skipped_lines_per_day"] == [0, 1]
-    assert run_preprocess(raw, out) == 1  # under error again, the day that skipped a line stops the run
+    assert run_preprocess(raw, out) == 2  # under error again, the day that skipped a line stops the run
 
 
 def test_verify_rechecks_checksums_and_redoes_a_corrupted_day(tmp_path, capsys):
@@ -270,10 +270,10 @@ def test_log_plus3_transform_is_finite_and_matches_log_x_plus_3():
 
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
-    assert run_preprocess(tmp_path / "nope", tmp_path / "npy") == 1
+    assert run_preprocess(tmp_path / "nope", tmp_path / "npy") == 2
     assert "nope" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert run_preprocess(tmp_path / "empty", tmp_path / "npy") == 1
+    assert run_preprocess(tmp_path / "empty", tmp_path / "npy") == 2
     assert "no day_0" in capsys.readouterr().err
 
 
@@ -287,6 +287,6 @@ def test_binary_garbage_is_refused_with_a_message(tmp_path, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "day_0").write_bytes(bytes(range(256)).replace(b"\n", b"") * 200)  # 51 KB, no newline
-    assert run_preprocess(raw, tmp_path / "npy", "--block-mb", "0.001") == 1
+    assert run_preprocess(raw, tmp_path / "npy", "--block-mb", "0.001") == 2
     err = capsys.readouterr().err
     assert "line 1: longer than" in err and "Criteo TSV" in err and "Traceback" not in err

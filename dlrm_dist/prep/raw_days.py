@@ -23,13 +23,15 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from dlrm_dist.errors import UserError
+
 T = TypeVar("T")
 KAGGLE_DAYS = 7
 _SCAN_BYTES = 64 << 20
 _MAX_LINE_BLOCKS = 16  # a "line" longer than 16 blocks means the file is not TSV text
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """The input is missing or not what was asked for; the message says what to do."""
 
 

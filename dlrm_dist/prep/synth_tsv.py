@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, load_config
-from dlrm_dist.data.synthetic import Samples, Teacher
+from dlrm_dist.errors import entry_point
+from dlrm_dist.teacher import Samples, Teacher, teacher_auc
 
 STREAM_BASE = 100  # day d is the teacher's stream 100 + d
 PIECE_ROWS = 1 << 18  # rows drawn and written at a time, to bound memory
@@ -68,15 +69,6 @@ def write_day(teacher: Teacher, day: int, rows: int, path: Path, gzip: bool) -> 
     os.replace(tmp, path)
 
 
-def teacher_auc_of_day(teacher: Teacher, day: int, rows: int) -> float:
-    """AUROC of the teacher's logits on rows [0, rows) of the day."""
-    import torch
-    from torchmetrics.functional.classification import binary_auroc
-
-    s = teacher.draw(STREAM_BASE + day, 0, rows)
-    return float(binary_auroc(torch.from_numpy(s.logits), torch.from_numpy(s.labels)))
-
-
 def build_teacher(args: argparse.Namespace) -> Teacher:
     if args.config:
         cfg = load_config(args.config)
@@ -105,6 +97,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
+@entry_point("dlrm-dist synth")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     teacher = build_teacher(args)
@@ -112,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for day in range(args.days):
         write_day(teacher, day, args.rows_per_day, args.output / f"day_{day}{'.gz' if args.gzip else ''}", args.gzip)
     val_rows = (args.rows_per_day + 1) // 2
-    info = {"val_auc": teacher_auc_of_day(teacher, args.days - 1, val_rows), "val_rows": val_rows,
+    info = {"val_auc": teacher_auc(teacher, STREAM_BASE + args.days - 1, val_rows), "val_rows": val_rows,
             "val_day": args.days - 1, "days": args.days, "rows_per_day": args.rows_per_day,
             "seed": teacher.seed, "table_sizes": teacher.cardinalities,
             "zipf_exponent": teacher.zipf_exponent, "teacher_scale": teacher.scale,

@@ -41,9 +41,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
-from dlrm_dist.data.criteo_tsv import BadLine, ParseSpec, parse_block_tolerant
-from dlrm_dist.data.npy_stream import NpyStreamWriter, WriteBehind, sha256_file
-from dlrm_dist.data.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, prefetch, split_kaggle
+from dlrm_dist.prep.criteo_tsv import BadLine, ParseSpec, parse_block_tolerant
+from dlrm_dist.prep.npy_stream import NpyStreamWriter, WriteBehind, sha256_file
+from dlrm_dist.prep.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, prefetch, split_kaggle
+from dlrm_dist.errors import entry_point
 from dlrm_dist.files import write_text_atomic
 
 KINDS = ("dense", "sparse", "labels")
@@ -314,13 +315,11 @@ def run(args: argparse.Namespace) -> None:
           f"{rows / max(seconds, 1e-9):,.0f} lines/s with {workers} worker(s))")
 
 
+@entry_point("dlrm-dist preprocess")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        run(args)
-    except InputError as e:  # a user error: a message, no traceback
-        print(f"dlrm-dist preprocess: error: {e}", file=sys.stderr)
-        return 1
+        run(args)  # an InputError (a UserError) is reported by entry_point: exit 2
     except KeyboardInterrupt:
         print("dlrm-dist preprocess: interrupted; finished days are kept, rerun the same command "
               "to do the rest", file=sys.stderr)

@@ -71,7 +71,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=0, help="rows per forward (default: the run's eval batch)")
     args = p.parse_args(argv)
     if args.batch_size < 0:
-        p.error(f"--batch-size {args.batch_size}: must be > 0")  # exit 2, like any bad argument
+        p.error(f"--batch-size {args.batch_size}: must be positive (0: the run's eval batch size)")  # exit 2
     return args
 
 

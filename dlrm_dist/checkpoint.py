@@ -223,7 +223,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
             opt.zero_grad(set_to_none=True)
     state = _app_state(model, optimizer)
     dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state[MODEL_KEY])
     optimizer.load_state_dict(state["optim"])
     # FBGEMM's step counter (Adam's bias correction) is a non-persistent buffer.
     optimizer.set_optimizer_step(meta["step"])

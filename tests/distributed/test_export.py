@@ -104,7 +104,7 @@ def _sharded_val_probs(step: Path, run_dir: Path, out: Path) -> None:
     env = init_distributed(cfg.dist)
     sharding = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(step)["sharding_types"])
     dmp, _plan, optimizer, lr_scheduler = build_sharded_model(cfg, sharding, env, run_dir)
-    ckpt.load_checkpoint(step, dmp, optimizer, lr_scheduler)
+    ckpt.load_checkpoint(step, dmp, optimizer, lr_scheduler, env)
     val = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env).val
     dmp.eval()
     with torch.no_grad():

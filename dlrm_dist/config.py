@@ -372,6 +372,12 @@ def apply_overrides(cfg: Config, overrides: List[str], source: str = "config") -
     return cfg
 
 
+def parse_config(raw: Dict[str, Any], source: str) -> Config:
+    """A mapping of sections (e.g. a resolved config saved beside a model) -> a
+    validated Config; ``source`` names where it came from in error messages."""
+    return apply_overrides(_build_section(Config, raw, "", source), [], source)
+
+
 def validate(cfg: Config, source: str = "config") -> None:
     """Checks that span keys (types are checked while loading)."""
     m, t = cfg.model, cfg.train

@@ -3,7 +3,9 @@
 Layout of ``train.checkpoint_dir`` (default ``<run_dir>/checkpoints``)::
 
     step-20/        DCP files of every rank (model + optimizer), rank-{r}.json of
-                    every rank, then meta.json (written last: the checkpoint is complete)
+                    every rank, config.yaml (the resolved config: ``dlrm-dist
+                    export`` rebuilds the model from it), then meta.json (written
+                    last: the checkpoint is complete)
     step-40/
     latest          one line, "step-40": the newest *complete* checkpoint
 
@@ -71,8 +73,10 @@ from dlrm_dist.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
 
+MODEL_KEY = "model"  # the app state entry holding the model's state_dict
 LATEST = "latest"
 META = "meta.json"
+CONFIG = "config.yaml"
 RANK_STATE = "rank-{rank}.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
@@ -172,7 +176,7 @@ def pin_sharding_types(cfg: ShardingConfig, saved: Dict[str, str], source: str =
 
 
 def _app_state(model: nn.Module, optimizer: Any) -> Dict[str, Any]:
-    return {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    return {MODEL_KEY: model.state_dict(), "optim": optimizer.state_dict()}
 
 
 def _json_scalar(v: Any) -> bool:
@@ -229,9 +233,11 @@ def _save_failed(error: BaseException, path: Path, env: DistEnv) -> CheckpointEr
 class Checkpointer:
     """Saves ``step-N/`` checkpoints into ``directory`` and keeps the newest ``keep``."""
 
-    def __init__(self, directory: Path, keep: int, env: DistEnv, meta: Dict[str, Any]) -> None:
+    def __init__(self, directory: Path, keep: int, env: DistEnv, meta: Dict[str, Any],
+                 config_yaml: str = "") -> None:
         self.directory, self.keep, self.env = Path(directory), keep, env
         self.meta = meta  # fixed facts of the run: world size, sharding types, config digest
+        self.config_yaml = config_yaml  # the resolved config, saved beside each checkpoint
 
     def save(self, step: int, epoch: int, model: nn.Module, optimizer: Any,
              lr_scheduler: torch.optim.lr_scheduler.LRScheduler) -> Path:
@@ -257,6 +263,8 @@ class Checkpointer:
             raise _save_failed(error if failure else RuntimeError("another rank's save failed"),
                                path, self.env)
         if self.env.is_main:  # every rank's files are written
+            if self.config_yaml:  # before meta.json, which marks the folder complete
+                write_text_atomic(path / CONFIG, self.config_yaml)
             meta = {"step": step, "epoch": epoch, **self.meta}
             write_text_atomic(path / META, json.dumps(meta, indent=1))
             write_text_atomic(self.directory / LATEST, path.name + "\n")
@@ -324,7 +332,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
             opt.zero_grad(set_to_none=True)
     state = _app_state(model, optimizer)
     dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state[MODEL_KEY])
     optimizer.load_state_dict(state["optim"])
     # FBGEMM's step counter (Adam's bias correction) is a buffer outside every
     # state dict; it counts one per training step, like ours.

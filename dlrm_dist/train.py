@@ -149,7 +149,8 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
         logger.info("resumed from %s at step %d", resume_from, state.step)
     checkpointer = None
     if cfg.train.checkpoint_every or cfg.train.checkpoint_at_end:
-        checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env))
+        checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env),
+                                         to_yaml(cfg))
 
     sink = MetricsSink(run_dir, env, cfg.metrics)
     try:

@@ -29,7 +29,7 @@ train: install
 	torchx run -s local_cwd dist.ddp -j 1x2 -m dlrm_dist.train -- --config configs/smoke.yaml --run-dir runs/smoke
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 bench: install  # results and plots in benchmarks/results/<machine>/
 	$(PY) benchmarks/throughput.py

@@ -31,6 +31,7 @@ setup(
         "tensorboard>=2.14",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # kubernetes: torchx's kubernetes scheduler (and its --dryrun); <29 keeps urllib3 < 2 for torchx 0.7
+    extras_require={"test": ["pytest>=7", "kubernetes>=26,<29"], "kubernetes": ["kubernetes>=26,<29"]},
     entry_points={"console_scripts": ["dlrm-dist=dlrm_dist.cli:main"]},
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import psutil
 import torch
@@ -370,8 +370,8 @@ def host_memory_per_rank(cfg: Config, world_size: int, local_world_size: int, co
 def check_host_memory(
     cfg: Config, world_size: int, local_world_size: int, compute_device: str,
     available_bytes: Optional[int] = None,
-) -> None:
-    """Raise before allocating when this host cannot hold its ranks.
+) -> Tuple[int, int]:
+    """Raise before allocating when this host cannot hold its ranks; else (needed, available) bytes.
 
     Needed is the fullest host's ranks (contiguous blocks of ``local_world_size``
     ranks) under the plan TorchRec's planner makes for this world size."""
@@ -380,7 +380,7 @@ def check_host_memory(
     needed = max(sum(h) for h in hosts)
     available = psutil.virtual_memory().available if available_bytes is None else available_bytes
     if needed <= available:
-        return
+        return needed, available
     raise CapacityError(
         f"not enough host memory: {local_world_size} rank(s) on this host need "
         f"{needed / GiB:.2f} GiB ({max(per_rank) / GiB:.2f} GiB for the fullest rank) but "

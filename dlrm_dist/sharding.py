@@ -156,7 +156,11 @@ def manual_plan(
 ) -> ShardingPlan:
     """A plan built by hand for CPU runs that pin a type the CPU planner refuses
     (row_wise, table_row_wise): every table gets its pinned type, others table_wise
-    round-robin. Kernels stay TorchRec's default (fused)."""
+    round-robin. Kernels stay TorchRec's default (fused).
+
+    table_row_wise splits a table's rows over the ranks of ONE host (its all-to-all
+    stays on the fast intra-host links); table ``i`` goes to host ``i % num_nodes``
+    so that the tables spread over every host instead of all landing on host 0."""
     pinned = _pinned_types(cfg)
     ebc = embedding_bag_collection(model)
     per_param = {}
@@ -167,7 +171,7 @@ def manual_plan(
             "table_wise": lambda i=i: table_wise(rank=i % env.world_size),
             "row_wise": row_wise,
             "column_wise": lambda: column_wise(ranks=list(range(env.world_size))),
-            "table_row_wise": lambda: table_row_wise(host_index=0),
+            "table_row_wise": lambda i=i: table_row_wise(host_index=i % env.num_nodes),
             "data_parallel": data_parallel,
         }[kind]()
     module_plan = construct_module_sharding_plan(

@@ -14,6 +14,7 @@ import argparse
 import atexit
 import gc
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,9 @@ def check_memory(cfg: Config, env: "DistEnv") -> None:
 
     def check() -> None:
         if env.local_rank == 0:
-            check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
+            needed, available = check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
+            logger.info("host memory check on %s: %d rank(s) need %.2f GiB, %.2f GiB available",
+                        socket.gethostname(), env.local_world_size, needed / 2**30, available / 2**30)
 
     collectively(check, env)
 

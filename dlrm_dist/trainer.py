@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
@@ -246,6 +247,8 @@ class Trainer:
         rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64, device=self.env.device)  # nccl: on GPU
         all_rss = [torch.zeros_like(rss) for _ in range(self.env.world_size)]
         dist.all_gather(all_rss, rss)
+        hosts = [None] * self.env.world_size  # where each rank ran: a multi-host run says so
+        dist.all_gather_object(hosts, socket.gethostname())
         summary: Dict[str, Any] = {
             "val_auc": val["auc"],
             "val_logloss": val["logloss"],
@@ -262,6 +265,7 @@ class Trainer:
             "samples_per_s_per_rank": throughput.samples_per_s() / self.env.world_size,
             "peak_rss_bytes": int(max(float(r) for r in all_rss)),
             "peak_rss_bytes_per_rank": [int(r) for r in all_rss],
+            "hosts": hosts,
             **data.info,
         }
         return summary

@@ -21,6 +21,15 @@ settings and the raw file it came from). A rerun skips days whose marker
 matches and redoes every other day; ``manifest.json`` is written last, from
 the markers, once every day is done. A killed run leaves no file that looks
 complete: partials have other names and a day without a marker is redone.
+
+Over several hosts (``--nnodes N --node-rank R``, what the torchx component
+``launchers/dlrm.py:preprocess`` passes each node of a job): node R converts the
+days i with i % N == R into the shared output folder; each node locks and cleans
+only its own days. ``manifest.json`` is written by whichever node finds every
+day's marker complete after finishing its own share, i.e. the last to finish (two
+finishing together write the same bytes, atomically). A node that finishes
+earlier says which days it leaves to the others; a rerun of the lost share (or of
+the whole job: finished days are skipped) completes the manifest.
 """
 
 from __future__ import annotations
@@ -258,7 +267,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--block-mb", type=float, default=4.0, help="raw text parsed per block (RSS ~100 MB + 15x this)")
     p.add_argument("--block-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--nnodes", type=int, default=1, help="hosts sharing the days (one job over several hosts)")
+    p.add_argument("--node-rank", type=int, default=0, help="this host converts days i with i %% nnodes == node-rank")
     args = p.parse_args(argv)
+    if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
+        p.error(f"--node-rank must be in [0, --nnodes): got {args.node_rank} of {args.nnodes}")
     if args.max_ind_range is not None and args.max_ind_range <= 0:
         p.error("--max-ind-range must be > 0")
     if args.workers < 0 or args.block_mb <= 0:
@@ -266,10 +279,16 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
+def _remove_partials(tasks: List[DayTask]) -> None:
+    """Partials of these days only: other nodes may be writing theirs right now."""
+    for task in tasks:
+        for kind in KINDS:
+            task.partial(kind).unlink(missing_ok=True)
+
+
 def _prepare(tasks: List[DayTask], out: Path, verify: bool) -> Tuple[List[dict], List[DayTask]]:
     """Split days into done (their markers) and to-do; clear what a killed run left."""
-    for stale in out.glob(".*.partial"):
-        stale.unlink()
+    _remove_partials(tasks)
     done, todo = [], []
     for task in tasks:
         marker = load_done_marker(task, verify)
@@ -290,12 +309,15 @@ def run(args: argparse.Namespace) -> None:
                         int(args.block_mb * (1 << 20)), args.block_delay)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".preprocess.lock", "w") as lock:
+    share = "" if args.nnodes == 1 else f" (node {args.node_rank} of {args.nnodes})"
+    lock_name = ".preprocess.lock" if args.nnodes == 1 else f".preprocess-{args.node_rank}-of-{args.nnodes}.lock"
+    with open(out / lock_name, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise InputError(f"another dlrm-dist preprocess is writing {out}") from None
-        tasks = [DayTask(src, str(out), settings) for src in sources]
+            raise InputError(f"another dlrm-dist preprocess{share} is writing {out}") from None
+        all_tasks = [DayTask(src, str(out), settings) for src in sources]
+        tasks = [t for i, t in enumerate(all_tasks) if i % args.nnodes == args.node_rank]
         done, todo = _prepare(tasks, out, args.verify)
         if done:
             print(f"resuming: {len(done)} of {len(tasks)} days already done, skipped")
@@ -306,13 +328,23 @@ def run(args: argparse.Namespace) -> None:
             try:
                 markers = run_days(todo, workers, bar)
             finally:  # partials of days a failure or Ctrl-C cut short (pool workers are killed)
-                for stale in out.glob(".day_*.partial"):
-                    stale.unlink()
+                _remove_partials(todo)
         seconds = time.perf_counter() - t0
-        write_json_atomic(out / "manifest.json", build_manifest(settings, str(args.input), done + markers))
+        write_manifest_if_complete(all_tasks, settings, str(args.input), out)
     rows = sum(m["rows"] + m["skipped_lines"] for m in markers)
-    print(f"wrote {len(tasks)} days to {out} ({rows:,} lines converted in {seconds:.1f} s, "
+    print(f"wrote {len(tasks)} days{share} to {out} ({rows:,} lines converted in {seconds:.1f} s, "
           f"{rows / max(seconds, 1e-9):,.0f} lines/s with {workers} worker(s))")
+
+
+def write_manifest_if_complete(all_tasks: List[DayTask], settings: Settings, input_path: str, out: Path) -> None:
+    """manifest.json from every day's marker, once all are there (see the module doc)."""
+    markers = [load_done_marker(t) for t in all_tasks]
+    missing = [t.source.day for t, m in zip(all_tasks, markers) if m is None]
+    if missing:
+        print(f"days {missing} are other nodes' share and not done yet: the node that finishes "
+              f"last writes manifest.json")
+        return
+    write_json_atomic(out / "manifest.json", build_manifest(settings, input_path, markers))
 
 
 @entry_point("dlrm-dist preprocess")

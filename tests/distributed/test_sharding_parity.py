@@ -303,21 +303,28 @@ def assert_pieces_close(actual: Dict[str, torch.Tensor], expected: Dict[str, tor
 # Checks on the plan and on the optimizers
 
 
-def assert_plan_has_type(plan, sharding_type: str, world_size: int) -> None:
+def assert_plan_has_type(plan, sharding_type: str, world_size: int, local_world_size: Optional[int] = None) -> None:
     """Every table got the requested type, and the sharding is not degenerate (a
     "column_wise" table in one column block, or every table on one rank, would
-    let the test pass without exercising the sharding)."""
+    let the test pass without exercising the sharding).
+
+    table_row_wise splits a table over the ranks of one host: each table must
+    cover exactly one host's ranks, and the tables together every host."""
+    local_world_size = local_world_size or world_size
     types = plan_sharding_types(plan)
     assert set(types) == {table_name(f) for f in SPARSE_FEATURE_NAMES}, sorted(types)
     wrong = {t: st for t, st in types.items() if st != sharding_type}
     assert not wrong, f"asked for {sharding_type} on every table, plan has {wrong}"
     everyone = set(range(world_size))
+    hosts = [set(range(h, h + local_world_size)) for h in range(0, world_size, local_world_size)]
     used = set()
     for ps in plan.plan[EBC_PATH].values():
         used |= set(ps.ranks)
-        if sharding_type in ("row_wise", "column_wise", "table_row_wise"):
-            shards = ps.sharding_spec.shards
-            assert {s.placement.rank() for s in shards} == everyone, f"{ps}: not split over all ranks"
+        on = {s.placement.rank() for s in ps.sharding_spec.shards} if ps.sharding_spec else set(ps.ranks)
+        if sharding_type in ("row_wise", "column_wise"):
+            assert on == everyone, f"{ps}: not split over all ranks"
+        elif sharding_type == "table_row_wise":
+            assert on in hosts, f"{ps}: shards on ranks {sorted(on)}, not on exactly one host's {hosts}"
     assert used == everyone, f"{sharding_type}: tables only on ranks {sorted(used)}"
 
 
@@ -366,7 +373,7 @@ def parity_worker(case: Case) -> None:
     embedding_cfg = OptimizerConfig(name=case.optimizer, lr=EMBEDDING_LR[case.optimizer], eps=EPS)
     apply_embedding_optimizer(model, embedding_cfg)  # before sharding: picks the fused kernel
     plan = build_plan(model, ShardingConfig(sharding_types=[case.sharding_type]), env, LOCAL_BATCH)
-    assert_plan_has_type(plan, case.sharding_type, world)
+    assert_plan_has_type(plan, case.sharding_type, world, env.local_world_size)
     dmp = shard_model(model, plan, env)
     load_full_state(dmp, initial)
     assert_pieces_cover(dmp, world)
@@ -408,15 +415,47 @@ def test_sharded_matches_unsharded(case: Case):
     run_on_ranks(parity_worker, case, world_size=WORLD_SIZE, timeout_s=240)
 
 
+# Across hosts: 2 hosts x 1 rank, two torchrun agents meeting through c10d. The
+# planner sees one rank per host (LOCAL_WORLD_SIZE 1 < WORLD_SIZE 2) and the
+# hand-built table_row_wise puts each table on one host. One launch runs all the
+# cases (each rank imports torchrec once, the costly part).
+HOSTS_CASES = [Case("table_wise"), Case("row_wise", "adagrad"), Case("table_row_wise")]
+
+
+def hosts_worker(*case_names: str) -> None:
+    """Entry of each rank under tests.distributed.hosts: the parity cases, in turn."""
+    import os
+    import socket
+
+    assert int(os.environ["LOCAL_WORLD_SIZE"]) == 1 and int(os.environ["WORLD_SIZE"]) == 2, dict(os.environ)
+    torch.set_num_threads(1)
+    by_name = {str(c): c for c in HOSTS_CASES}
+    for name in case_names:
+        parity_worker(by_name[name])
+        print(f"parity ok: {name} on rank {os.environ['RANK']} of host {socket.gethostname()}", flush=True)
+
+
+def test_sharded_matches_unsharded_across_two_hosts():
+    from tests.distributed.hosts import run_as_hosts
+
+    names = [str(c) for c in HOSTS_CASES]
+    outputs = run_as_hosts("tests.distributed.test_sharding_parity:hosts_worker", names, nnodes=2, nproc_per_node=1, timeout_s=400)
+    for name in names:
+        assert sum(f"parity ok: {name} on rank" in o for o in outputs) == 2, (name, outputs)
+
+
 @pytest.mark.parametrize("sharding_type", ["row_wise", "table_row_wise"])
-def test_cpu_gets_hand_built_plan_for_cuda_only_types(sharding_type: str):
+@pytest.mark.parametrize("world_size,local_world_size", [(2, 2), (4, 2), (2, 1)], ids=["1x2", "2x2", "2x1"])
+def test_cpu_gets_hand_built_plan_for_cuda_only_types(sharding_type: str, world_size: int, local_world_size: int):
     """build_plan on CPU honours a pinned row_wise / table_row_wise on every table
-    (TorchRec's CPU planner would refuse them). The hand-built plan needs no
-    process group, so this runs in one process with a 2-rank DistEnv."""
-    env = DistEnv(rank=0, world_size=2, local_rank=0, local_world_size=2, device=torch.device("cpu"), backend="gloo")
+    (TorchRec's CPU planner would refuse them), on one host and across hosts:
+    table_row_wise keeps each table on one host's ranks and spreads the tables over
+    all hosts. The hand-built plan needs no process group: one process, a DistEnv."""
+    env = DistEnv(rank=0, world_size=world_size, local_rank=0, local_world_size=local_world_size,
+                  device=torch.device("cpu"), backend="gloo")
     model = build_model(model_config(Case(sharding_type)), env.device, sparse_device="meta")
     plan = build_plan(model, ShardingConfig(sharding_types=[sharding_type]), env, LOCAL_BATCH)
-    assert_plan_has_type(plan, sharding_type, env.world_size)
+    assert_plan_has_type(plan, sharding_type, env.world_size, local_world_size)
 
 
 def test_out_of_range_id_is_caught():

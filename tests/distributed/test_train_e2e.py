@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tests.conftest import run_cmd
 
 SUMMARY_KEYS = {
     "val_auc", "test_auc", "val_logloss", "steps", "world_size", "global_batch_size",
-    "train_samples_per_s", "samples_per_s_per_rank", "peak_rss_bytes",
+    "train_samples_per_s", "samples_per_s_per_rank", "peak_rss_bytes", "hosts",
 }
 
 
@@ -43,6 +44,7 @@ def test_torchx_two_ranks_learns_the_synthetic_teacher(tmp_path: Path):
     # The trained model gets within 0.05 of the ceiling: the teacher's own AUC on the same split.
     assert summary["teacher_val_auc"] - summary["val_auc"] < 0.05, summary
     assert len(summary["peak_rss_bytes_per_rank"]) == 2
+    assert summary["hosts"] == [socket.gethostname()] * 2  # both ranks on this host
 
 
 def test_torchrun_dcn_multi_hot_and_row_wise(tmp_path: Path):

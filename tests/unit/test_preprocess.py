@@ -290,3 +290,26 @@ def test_binary_garbage_is_refused_with_a_message(tmp_path, capsys):
     assert run_preprocess(raw, tmp_path / "npy", "--block-mb", "0.001") == 2
     err = capsys.readouterr().err
     assert "line 1: longer than" in err and "Criteo TSV" in err and "Traceback" not in err
+
+
+def test_days_split_over_nodes_equal_a_one_host_run_and_the_last_node_writes_the_manifest(tmp_path, capsys):
+    """--nnodes 2 --node-rank R: each node converts its share of days into the shared folder;
+    the first to finish leaves manifest.json to the other; the result is the one-host run's bytes."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        write_lines(raw / f"day_{i}", random_lines(150, seed=40 + i))
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_preprocess(raw, whole) == 0
+    assert run_preprocess(raw, split, "--nnodes", "2", "--node-rank", "1") == 0
+    assert sorted(p.name for p in split.glob("day_*.npy")) == [f"day_1_{k}.npy" for k in ("dense", "labels", "sparse")]
+    assert not (split / "manifest.json").exists()
+    assert "days [0, 2] are other nodes' share" in capsys.readouterr().out
+    assert run_preprocess(raw, split, "--nnodes", "2", "--node-rank", "0") == 0
+    names = sorted(p.name for p in whole.iterdir() if not p.name.startswith("."))
+    assert names == sorted(p.name for p in split.iterdir() if not p.name.startswith("."))
+    for name in names:
+        assert (whole / name).read_bytes() == (split / name).read_bytes(), name
+    with pytest.raises(SystemExit):
+        preprocess.parse_args(["--dataset", "criteo_1tb", "--input", "x", "--output", "y", "--nnodes", "2",
+                               "--node-rank", "2"])

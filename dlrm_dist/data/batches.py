@@ -1,21 +1,33 @@
-"""Turn numpy arrays into TorchRec ``Batch`` objects (dense, KeyedJaggedTensor, labels).
+"""Turn arrays into TorchRec ``Batch`` objects (dense, KeyedJaggedTensor, labels).
 
 Every source (random, synthetic, criteo) ends here, so the model sees one
 format: ``dense_features`` (B, 13) float32, ``sparse_features`` a KJT keyed by
 ``cat_0 ... cat_25`` (feature-major values, one length per sample and
 feature), ``labels`` (B,) float32.
+
+The criteo and synthetic sources read a ``RawBatch`` (dense, one-hot ids as
+stored, labels) and finish it with a ``BatchSpec``: ids hashed into the tables
+(``id % rows``), multi-hot bags expanded (``multi_hot.Expander``), the KJT built
+with lengths and offsets computed once per batch size (they are the same for
+every batch; TorchRec's ``InMemoryBinaryCriteoIterDataPipe`` does the same).
+Finishing is torch ops, so it runs wherever the ids are: on the host in a
+DataLoader worker, or on the GPU after the pipeline's copy (``RawBatch.to``).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec.streamable import Pipelineable
+
 from dlrm_dist.config import SPARSE_FEATURE_NAMES
+from dlrm_dist.data.multi_hot import Expander
 from dlrm_dist.prep.transforms import log1p_transform
 
 
@@ -58,3 +70,90 @@ def make_batch(
         sparse_features=kjt,
         labels=torch.from_numpy(np.asarray(labels, dtype=np.float32).reshape(-1)),
     )
+
+
+@dataclass
+class BatchSpec:
+    """How one-hot ids as stored become the model's KJT: the tables they are hashed
+    into and the multi-hot bags (None: one-hot)."""
+
+    table_sizes: List[int]
+    multi_hot_sizes: Optional[List[int]] = None
+    distribution: str = "uniform"
+    seed: int = 0
+    keys: List[str] = field(default_factory=lambda: list(SPARSE_FEATURE_NAMES))
+    _cache: Dict[Tuple[int, str], Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.expander = (Expander(self.table_sizes, self.multi_hot_sizes, self.distribution, self.seed)
+                         if self.multi_hot_sizes else None)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": {}}  # tensors are rebuilt where they are used
+
+    def _constants(self, batch_size: int, device: torch.device) -> Tuple[Any, ...]:
+        """Per batch size and device, once: table sizes, and the KJT's lengths, offsets
+        and per-key counts (every sample has sizes[f] ids of feature f)."""
+        key = (batch_size, str(device))
+        if key not in self._cache:
+            per = self.multi_hot_sizes or [1] * len(self.keys)
+            lengths = torch.tensor(per, dtype=torch.int32).repeat_interleave(batch_size)
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0, dtype=torch.int32)])
+            length_per_key = [k * batch_size for k in per]
+            self._cache[key] = (
+                torch.tensor(self.table_sizes, dtype=torch.int64, device=device)[:, None],
+                lengths.to(device), offsets.to(device), length_per_key,
+                np.cumsum([0] + length_per_key).tolist(), {k: i for i, k in enumerate(self.keys)},
+            )
+        return self._cache[key]
+
+    def finish(self, dense: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """``ids`` (B, F) one-hot as stored, on any device -> a ``Batch`` on that device."""
+        batch_size = ids.shape[0]
+        sizes, lengths, offsets, length_per_key, offset_per_key, index_per_key = self._constants(
+            batch_size, ids.device)
+        values = torch.empty((ids.shape[1], batch_size), dtype=torch.int64, device=ids.device)
+        values.copy_(ids.t())  # feature-major, int64: the one copy of the ids
+        if ids.device.type == "cpu":
+            # hash only the features whose ids fall outside their table: an int64
+            # division per id is most of the host's cost, and many tables need none
+            low, high = torch.aminmax(values, dim=1, keepdim=True)
+            for f in ((high >= sizes) | (low < 0)).reshape(-1).nonzero().reshape(-1).tolist():
+                values[f].remainder_(self.table_sizes[f])
+        else:  # no host sync on a GPU: hash every feature, it costs microseconds there
+            values = values.remainder_(sizes)
+        values = self.expander(values) if self.expander else values.reshape(-1)
+        kjt = KeyedJaggedTensor(
+            keys=self.keys, values=values, lengths=lengths, offsets=offsets, stride=batch_size,
+            length_per_key=length_per_key, offset_per_key=offset_per_key, index_per_key=index_per_key,
+        )
+        return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
+
+
+@dataclass
+class RawBatch(Pipelineable):
+    """A batch as read: dense (B, 13) float32, ``ids`` (B, F) one-hot as stored,
+    labels (B,) float32, and the ``BatchSpec`` that finishes it. ``to(device)``
+    returns the finished ``Batch`` on that device: TorchRec's pipelines call it
+    when they copy a batch to the GPU (on their copy stream)."""
+
+    dense_features: torch.Tensor
+    ids: torch.Tensor
+    labels: torch.Tensor
+    spec: BatchSpec
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:  # type: ignore[override]
+        move = lambda t: t.to(device=device, non_blocking=non_blocking)  # noqa: E731
+        return self.spec.finish(move(self.dense_features), move(self.ids), move(self.labels))
+
+    def finish(self) -> Batch:
+        """The finished batch where the arrays are (the host)."""
+        return self.spec.finish(self.dense_features, self.ids, self.labels)
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        for t in (self.dense_features, self.ids, self.labels):
+            t.record_stream(stream)
+
+    def pin_memory(self) -> "RawBatch":
+        return RawBatch(self.dense_features.pin_memory(), self.ids.pin_memory(), self.labels.pin_memory(),
+                        self.spec)

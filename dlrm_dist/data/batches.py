@@ -27,6 +27,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 from dlrm_dist.config import SPARSE_FEATURE_NAMES
+from dlrm_dist.data import multi_hot
 from dlrm_dist.data.multi_hot import Expander
 from dlrm_dist.prep.transforms import log1p_transform
 
@@ -85,6 +86,7 @@ class BatchSpec:
     _cache: Dict[Tuple[int, str], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self._sizes = np.asarray(self.table_sizes, dtype=np.int64)
         self.expander = (Expander(self.table_sizes, self.multi_hot_sizes, self.distribution, self.seed)
                          if self.multi_hot_sizes else None)
 
@@ -107,22 +109,40 @@ class BatchSpec:
             )
         return self._cache[key]
 
+    def _host_values(self, ids: np.ndarray) -> np.ndarray:
+        """numpy, single-threaded (torch's intra-op threads only contend at this size):
+        (B, F) ids as stored -> the KJT's flat values."""
+        values = np.empty(ids.shape[::-1], dtype=np.int64)
+        values[...] = ids.T  # feature-major, int64: the one copy of the ids
+        # hash only the features whose ids fall outside their table: an int64 division
+        # per id is most of the host's cost, and small tables often need none
+        low = values.min(axis=1)
+        for f in np.flatnonzero((values.max(axis=1) >= self._sizes) | (low < 0)):
+            mod = np.fmod if low[f] >= 0 else np.remainder  # C's % is a little cheaper than floor-mod
+            mod(values[f], self.table_sizes[f], out=values[f])
+        if not self.multi_hot_sizes:
+            return values.reshape(-1)
+        return np.concatenate([  # the reference numpy expansion; the device one matches it bit for bit
+            multi_hot.expand(values[f], f, self.table_sizes[f], k, self.distribution, self.seed).reshape(-1)
+            if k > 1 else values[f] for f, k in enumerate(self.multi_hot_sizes)])
+
+    def device_values(self, ids: torch.Tensor) -> torch.Tensor:
+        """torch, for a GPU: a dozen kernels and no host sync (every feature is hashed,
+        bags expanded by ``multi_hot.Expander``); the same values as ``_host_values``."""
+        sizes = self._constants(ids.shape[0], ids.device)[0]
+        values = torch.empty(ids.shape[::-1], dtype=torch.int64, device=ids.device)
+        values = values.copy_(ids.t()).remainder_(sizes)
+        return self.expander(values) if self.expander else values.reshape(-1)
+
     def finish(self, dense: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> Batch:
         """``ids`` (B, F) one-hot as stored, on any device -> a ``Batch`` on that device."""
         batch_size = ids.shape[0]
-        sizes, lengths, offsets, length_per_key, offset_per_key, index_per_key = self._constants(
+        _, lengths, offsets, length_per_key, offset_per_key, index_per_key = self._constants(
             batch_size, ids.device)
-        values = torch.empty((ids.shape[1], batch_size), dtype=torch.int64, device=ids.device)
-        values.copy_(ids.t())  # feature-major, int64: the one copy of the ids
         if ids.device.type == "cpu":
-            # hash only the features whose ids fall outside their table: an int64
-            # division per id is most of the host's cost, and many tables need none
-            low, high = torch.aminmax(values, dim=1, keepdim=True)
-            for f in ((high >= sizes) | (low < 0)).reshape(-1).nonzero().reshape(-1).tolist():
-                values[f].remainder_(self.table_sizes[f])
-        else:  # no host sync on a GPU: hash every feature, it costs microseconds there
-            values = values.remainder_(sizes)
-        values = self.expander(values) if self.expander else values.reshape(-1)
+            values = torch.from_numpy(self._host_values(ids.numpy()))
+        else:
+            values = self.device_values(ids)
         kjt = KeyedJaggedTensor(
             keys=self.keys, values=values, lengths=lengths, offsets=offsets, stride=batch_size,
             length_per_key=length_per_key, offset_per_key=offset_per_key, index_per_key=index_per_key,

@@ -86,7 +86,7 @@ def our_split(data: Path, batch_size: int, tables: List[int], multi_hot: Optiona
     cfg = DataConfig(source="criteo", path=str(data), multi_hot_sizes=multi_hot, shuffle_rows=shuffle_rows)
     split = build_criteo_splits(cfg, batch_size, batch_size, tables,
                                 DistEnv(0, 1, 0, 1, torch.device("cpu"), "gloo")).train
-    split.finish_on_device = finish_on_device
+    split.deliver = "raw_ids" if finish_on_device else "batch"
     return split
 
 

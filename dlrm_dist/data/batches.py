@@ -134,46 +134,66 @@ class BatchSpec:
         values = values.copy_(ids.t()).remainder_(sizes)
         return self.expander(values) if self.expander else values.reshape(-1)
 
-    def finish(self, dense: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> Batch:
-        """``ids`` (B, F) one-hot as stored, on any device -> a ``Batch`` on that device."""
-        batch_size = ids.shape[0]
-        _, lengths, offsets, length_per_key, offset_per_key, index_per_key = self._constants(
-            batch_size, ids.device)
+    def values(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` (B, F) one-hot as stored -> the KJT's flat values, where ``ids`` are."""
         if ids.device.type == "cpu":
-            values = torch.from_numpy(self._host_values(ids.numpy()))
-        else:
-            values = self.device_values(ids)
+            return torch.from_numpy(self._host_values(ids.numpy()))
+        return self.device_values(ids)
+
+    def wrap(self, dense: torch.Tensor, values: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """The ``Batch`` of finished values: the KJT's lengths and offsets are cached."""
+        batch_size = dense.shape[0]
+        _, lengths, offsets, length_per_key, offset_per_key, index_per_key = self._constants(
+            batch_size, values.device)
         kjt = KeyedJaggedTensor(
             keys=self.keys, values=values, lengths=lengths, offsets=offsets, stride=batch_size,
             length_per_key=length_per_key, offset_per_key=offset_per_key, index_per_key=index_per_key,
         )
         return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
 
+    def finish(self, dense: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """``ids`` (B, F) one-hot as stored, on any device -> a ``Batch`` on that device."""
+        return self.wrap(dense, self.values(ids), labels)
+
 
 @dataclass
 class RawBatch(Pipelineable):
     """A batch as read: dense (B, 13) float32, ``ids`` (B, F) one-hot as stored,
-    labels (B,) float32, and the ``BatchSpec`` that finishes it. ``to(device)``
+    labels (B,) float32, and the ``BatchSpec`` that finishes it; or, instead of
+    ``ids``, the finished flat ``values`` (hashed, expanded on the host). ``to(device)``
     returns the finished ``Batch`` on that device: TorchRec's pipelines call it
-    when they copy a batch to the GPU (on their copy stream)."""
+    when they copy a batch to the device (on their copy stream)."""
 
     dense_features: torch.Tensor
-    ids: torch.Tensor
+    ids: Optional[torch.Tensor]
     labels: torch.Tensor
     spec: BatchSpec
+    values: Optional[torch.Tensor] = None
+
+    def _tensors(self) -> List[torch.Tensor]:
+        return [t for t in (self.dense_features, self.ids, self.labels, self.values) if t is not None]
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:  # type: ignore[override]
         move = lambda t: t.to(device=device, non_blocking=non_blocking)  # noqa: E731
-        return self.spec.finish(move(self.dense_features), move(self.ids), move(self.labels))
+        dense, labels = move(self.dense_features), move(self.labels)
+        if self.values is not None:
+            return self.spec.wrap(dense, move(self.values), labels)
+        return self.spec.finish(dense, move(self.ids), labels)
 
     def finish(self) -> Batch:
         """The finished batch where the arrays are (the host)."""
-        return self.spec.finish(self.dense_features, self.ids, self.labels)
+        return self.to(self.dense_features.device)
+
+    def with_values(self) -> "RawBatch":
+        """Hashed and expanded here; only the KJT is left to ``to``. What a DataLoader
+        worker sends on a CPU job: the KJT's lengths and offsets, as large as the ids
+        of a one-hot batch and the same for every batch, stay out of the transfer."""
+        return RawBatch(self.dense_features, None, self.labels, self.spec, self.spec.values(self.ids))
 
     def record_stream(self, stream: torch.Stream) -> None:
-        for t in (self.dense_features, self.ids, self.labels):
+        for t in self._tensors():
             t.record_stream(stream)
 
     def pin_memory(self) -> "RawBatch":
-        return RawBatch(self.dense_features.pin_memory(), self.ids.pin_memory(), self.labels.pin_memory(),
-                        self.spec)
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return RawBatch(pin(self.dense_features), pin(self.ids), pin(self.labels), self.spec, pin(self.values))

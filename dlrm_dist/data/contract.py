@@ -20,12 +20,12 @@ DataLoader takes one item from each worker in turn, so the batches arrive in the
 same order as with no worker, and the keys of skipped batches are only computed.
 
 A split may yield a ``dlrm_dist.data.batches.RawBatch`` instead of a finished
-TorchRec ``Batch``: its ``.to(device)`` (called by TorchRec's train and eval
-pipelines when they copy a batch to the device) hashes the ids into the tables,
-expands multi-hot bags and builds the KeyedJaggedTensor there, so work that grows
-with the pooling factor runs on the GPU. ``make_loader`` asks for that (sets
-``finish_on_device``) only for a CUDA device; otherwise batches are finished on
-the host, in the worker processes.
+TorchRec ``Batch`` (``SplitBase.deliver``): its ``.to(device)``, which TorchRec's
+train and eval pipelines call when they copy a batch to the device, finishes it
+there. ``make_loader`` picks: on CUDA ``raw_ids`` (hashing, multi-hot expansion
+and the KJT on the GPU: the work that grows with the pooling factor); on CPU
+with workers ``values`` (hashed and expanded in the worker, only the KJT wrapped
+in the training process); else ``batch``.
 """
 
 from __future__ import annotations
@@ -53,14 +53,15 @@ class ResumableSplit(Protocol):
 
 class SplitBase(IterableDataset):
     """A ``ResumableSplit`` minus the data: subclasses implement ``__len__``,
-    ``batch_keys`` and ``load``. The epoch, start batch and ``finish_on_device``
+    ``batch_keys`` and ``load``. The epoch, start batch and ``deliver``
     are plain attributes, so the split can be pickled into DataLoader worker
     processes after ``set_epoch``."""
 
     epoch: int = 0
     start_batch: int = 0
-    finish_on_device: bool = False
-    """Yield ``RawBatch``es that the pipeline's ``.to(device)`` finishes (CUDA)."""
+    deliver: str = "batch"
+    """``batch``: finished ``Batch``es; ``raw_ids``: ``RawBatch``es of ids as stored;
+    ``values``: ``RawBatch``es of finished values (see the module docstring)."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -75,8 +76,14 @@ class SplitBase(IterableDataset):
         raise NotImplementedError
 
     def load(self, key: Any) -> Any:
-        """The batch a key names: a ``Batch``, or a ``RawBatch`` when ``finish_on_device``."""
+        """The batch a key names, as ``deliver`` asks (``self.delivered(raw)``)."""
         raise NotImplementedError
+
+    def delivered(self, raw: Any) -> Any:
+        """A ``RawBatch`` as ``deliver`` asks for it."""
+        if self.deliver == "raw_ids":
+            return raw
+        return raw.with_values() if self.deliver == "values" else raw.finish()
 
     def batches(self, epoch: int, start_batch: int, step: int = 1) -> Iterator[Any]:
         """Batches ``start_batch, start_batch + step, ...`` of epoch ``epoch``; the

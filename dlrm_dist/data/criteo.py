@@ -111,7 +111,7 @@ class CriteoDataset(SplitBase):
         dense, sparse, labels = self.take(rows)
         raw = RawBatch(torch.from_numpy(dense.astype(np.float32, copy=False)), torch.from_numpy(sparse),
                        torch.from_numpy(labels.reshape(-1).astype(np.float32)), self.spec)
-        return raw if self.finish_on_device else raw.finish()
+        return self.delivered(raw)
 
 
 def build_criteo_splits(cfg: DataConfig, batch_size: int, eval_batch_size: int,

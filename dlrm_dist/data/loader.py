@@ -3,10 +3,10 @@
 With ``num_workers`` > 0 batches are built in worker processes while the
 training step runs (each worker loads every N-th batch; the DataLoader returns
 them in the order one process would, see ``contract.SplitBase``). On CUDA the
-split yields ``RawBatch``es: hashing, multi-hot expansion and the KJT are done
-on the GPU when the pipeline copies the batch (``RawBatch.to``), and batches
-are pinned so that copy is asynchronous. On CPU they are finished on the host,
-in the workers.
+split yields ``RawBatch``es of ids as stored: hashing, multi-hot expansion and
+the KJT are done on the GPU when the pipeline copies the batch
+(``RawBatch.to``), and batches are pinned so that copy is asynchronous. On CPU
+the workers hash and expand, and the pipeline's ``.to`` wraps the KJT.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def make_loader(split: ResumableSplit, device: torch.device, num_workers: int = 
     cuda = device.type == "cuda"
     if isinstance(split, SplitBase):
         one_pass = copy.copy(split)  # the caller's split keeps its own settings
-        one_pass.finish_on_device = cuda
+        one_pass.deliver = "raw_ids" if cuda else "values" if num_workers > 0 else "batch"
         split.start_batch = 0
         split = one_pass
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}

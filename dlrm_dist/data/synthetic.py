@@ -54,4 +54,4 @@ class SyntheticDataset(SplitBase):
         s = self.teacher.draw(self.split, start, start + self.batch_size)
         raw = RawBatch(torch.from_numpy(dense_transform(s.dense_raw)), torch.from_numpy(s.sparse),
                        torch.from_numpy(np.asarray(s.labels, dtype=np.float32).reshape(-1)), self.spec)
-        return raw if self.finish_on_device else raw.finish()
+        return self.delivered(raw)

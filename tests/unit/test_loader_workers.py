@@ -52,9 +52,11 @@ def synthetic(rank: int = 0, world: int = 1, **cfg):
 
 
 def signature(batches) -> List[bytes]:
-    """Each batch as bytes of its dense, ids, lengths and labels."""
+    """Each batch as bytes of its dense, ids, lengths and labels, once finished by
+    ``.to(device)`` as TorchRec's pipelines do."""
     out = []
     for b in batches:
+        b = b.to(CPU)
         kjt = b.sparse_features
         out.append(b"|".join(t.numpy().tobytes() for t in (b.dense_features, kjt.values(), kjt.lengths(),
                                                              b.labels)))
@@ -93,6 +95,13 @@ def test_a_resumed_pass_with_workers_starts_at_batch_k_and_reads_only_its_batche
     assert got == whole[6::3] and len(read) == len(got)
 
 
+def test_workers_on_cpu_send_finished_values_and_the_kjt_is_wrapped_by_to(days):
+    split = criteo(days, multi_hot_sizes=MULTI_HOT)
+    sent = next(iter(make_loader(split, CPU, num_workers=1)))
+    assert isinstance(sent, RawBatch) and sent.ids is None  # hashed and expanded in the worker
+    assert signature([sent]) == signature([next(iter(split))])
+
+
 def test_every_rank_gets_as_many_batches_with_workers(days):
     # 367 training rows over 3 ranks x 16: 7 full batches each, the tail dropped
     counts = [len(list(make_loader(criteo(days, r, 3), CPU, num_workers=2))) for r in range(3)]
@@ -119,7 +128,7 @@ def test_torch_expansion_equals_the_numpy_reference_bit_for_bit(distribution):
 def test_a_batch_finished_on_the_device_equals_one_finished_on_the_host(days):
     split = criteo(days, multi_hot_sizes=MULTI_HOT)
     host = next(iter(split))
-    split.finish_on_device = True
+    split.deliver = "raw_ids"
     raw = next(iter(split))
     assert isinstance(raw, RawBatch) and raw.ids.shape == (16, 26)  # as stored: one id per feature
     assert signature([raw.to(CPU)]) == signature([host])

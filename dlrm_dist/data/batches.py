@@ -112,14 +112,17 @@ class BatchSpec:
     def _host_values(self, ids: np.ndarray) -> np.ndarray:
         """numpy, single-threaded (torch's intra-op threads only contend at this size):
         (B, F) ids as stored -> the KJT's flat values."""
-        values = np.empty(ids.shape[::-1], dtype=np.int64)
-        values[...] = ids.T  # feature-major, int64: the one copy of the ids
-        # hash only the features whose ids fall outside their table: an int64 division
-        # per id is most of the host's cost, and small tables often need none
+        # feature-major, in the stored dtype when it is 32-bit: a 32-bit division is
+        # cheaper, and one division per id is most of the host's cost
+        narrow = ids.dtype.itemsize == 4
+        values = np.empty(ids.shape[::-1], dtype=ids.dtype if narrow else np.int64)
+        values[...] = ids.T
+        # hash only the features whose ids fall outside their table (small tables often need none)
         low = values.min(axis=1)
         for f in np.flatnonzero((values.max(axis=1) >= self._sizes) | (low < 0)):
             mod = np.fmod if low[f] >= 0 else np.remainder  # C's % is a little cheaper than floor-mod
-            mod(values[f], self.table_sizes[f], out=values[f])
+            mod(values[f], values.dtype.type(self.table_sizes[f]), out=values[f])
+        values = values.astype(np.int64, copy=False)
         if not self.multi_hot_sizes:
             return values.reshape(-1)
         return np.concatenate([  # the reference numpy expansion; the device one matches it bit for bit

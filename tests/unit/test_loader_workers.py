@@ -133,3 +133,13 @@ def test_a_batch_finished_on_the_device_equals_one_finished_on_the_host(days):
     assert isinstance(raw, RawBatch) and raw.ids.shape == (16, 26)  # as stored: one id per feature
     assert signature([raw.to(CPU)]) == signature([host])
     assert all(int(v.values().max()) < TABLES[f] for f, v in enumerate(host.sparse_features.to_dict().values()))
+
+
+def test_ids_stored_as_int32_or_int64_hash_alike_negative_ones_too():
+    """``--max-ind-range`` days store int32 ids, hashed in 32 bits on the host."""
+    raw = np.random.default_rng(2).integers(-2**31, 2**31, size=(64, 26))
+    spec = BatchSpec(TABLES)
+    expected = (raw % np.array(TABLES)).T.reshape(-1)
+    for stored in (raw, raw.astype(np.int32)):
+        np.testing.assert_array_equal(spec.values(torch.from_numpy(stored)).numpy(), expected)
+    np.testing.assert_array_equal(spec.device_values(torch.from_numpy(raw)).numpy(), expected)

@@ -109,7 +109,7 @@ class BatchSpec:
             )
         return self._cache[key]
 
-    def _host_values(self, ids: np.ndarray) -> np.ndarray:
+    def host_values(self, ids: np.ndarray) -> np.ndarray:
         """numpy, single-threaded (torch's intra-op threads only contend at this size):
         (B, F) ids as stored -> the KJT's flat values."""
         # feature-major, in the stored dtype when it is 32-bit: a 32-bit division is
@@ -131,7 +131,7 @@ class BatchSpec:
 
     def device_values(self, ids: torch.Tensor) -> torch.Tensor:
         """torch, for a GPU: a dozen kernels and no host sync (every feature is hashed,
-        bags expanded by ``multi_hot.Expander``); the same values as ``_host_values``."""
+        bags expanded by ``multi_hot.Expander``); the same values as ``host_values``."""
         sizes = self._constants(ids.shape[0], ids.device)[0]
         values = torch.empty(ids.shape[::-1], dtype=torch.int64, device=ids.device)
         values = values.copy_(ids.t()).remainder_(sizes)
@@ -140,7 +140,7 @@ class BatchSpec:
     def values(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` (B, F) one-hot as stored -> the KJT's flat values, where ``ids`` are."""
         if ids.device.type == "cpu":
-            return torch.from_numpy(self._host_values(ids.numpy()))
+            return torch.from_numpy(self.host_values(ids.numpy()))
         return self.device_values(ids)
 
     def wrap(self, dense: torch.Tensor, values: torch.Tensor, labels: torch.Tensor) -> Batch:

@@ -30,8 +30,8 @@ in the training process); else ``batch``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import itertools
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Protocol, runtime_checkable
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -83,7 +83,9 @@ class SplitBase(IterableDataset):
         """A ``RawBatch`` as ``deliver`` asks for it."""
         if self.deliver == "raw_ids":
             return raw
-        return raw.with_values() if self.deliver == "values" else raw.finish()
+        if raw.values is None:  # hash and expand here
+            raw = raw.with_values()
+        return raw if self.deliver == "values" else raw.finish()
 
     def batches(self, epoch: int, start_batch: int, step: int = 1) -> Iterator[Any]:
         """Batches ``start_batch, start_batch + step, ...`` of epoch ``epoch``; the

@@ -85,10 +85,16 @@ class CriteoDataset(SplitBase):
             yield from np.sort(rows[:full].reshape(-1, bs), axis=1)  # sorted: fewer page faults
             carry = rows[full:]
 
-    def take(self, rows: Union[Tuple[int, int], np.ndarray]) -> Day:
+    def take(self, rows: Union[Tuple[int, int], np.ndarray], copy: bool = True) -> Day:
         """The rows of one batch (a ``(lo, hi)`` run or sorted indices), copied out of
-        the memory maps of their days into one array per column group, stored dtypes."""
+        the memory maps of their days into one array per column group, stored dtypes.
+        ``copy=False``: views into the memory map when the run lies in one day."""
         n = rows[1] - rows[0] if isinstance(rows, tuple) else len(rows)
+        if not copy and isinstance(rows, tuple):
+            p = int(np.searchsorted(self.starts, rows[0], side="right")) - 1
+            lo, hi = rows[0] - int(self.starts[p]), rows[1] - int(self.starts[p])
+            if hi <= len(self.parts[p][0]):
+                return tuple(x[lo:hi] for x in self.parts[p])  # type: ignore[return-value]
         out = tuple(np.empty((n,) + x.shape[1:], x.dtype) for x in self.parts[0])
         at = 0
         for part, start, stop in zip(self.parts, self.starts[:-1], self.starts[1:]):
@@ -108,10 +114,16 @@ class CriteoDataset(SplitBase):
         return out  # type: ignore[return-value]
 
     def load(self, rows: Union[Tuple[int, int], np.ndarray]) -> Union[Batch, RawBatch]:
-        dense, sparse, labels = self.take(rows)
-        raw = RawBatch(torch.from_numpy(dense.astype(np.float32, copy=False)), torch.from_numpy(sparse),
-                       torch.from_numpy(labels.reshape(-1).astype(np.float32)), self.spec)
-        return self.delivered(raw)
+        raw_ids = self.deliver == "raw_ids"  # ids leave as they are: they need memory of their own
+        dense, sparse, labels = self.take(rows, copy=raw_ids)
+        dense_t = torch.from_numpy(np.array(dense, dtype=np.float32))  # always a copy (small)
+        labels_t = torch.from_numpy(labels.reshape(-1).astype(np.float32))
+        if raw_ids:
+            return RawBatch(dense_t, torch.from_numpy(sparse), labels_t, self.spec)
+        # finished on the host, the ids are read once, from the page cache when the batch
+        # is one run of one day: the transpose in ``host_values`` is their only copy
+        return self.delivered(RawBatch(dense_t, None, labels_t, self.spec,
+                                       torch.from_numpy(self.spec.host_values(sparse))))
 
 
 def build_criteo_splits(cfg: DataConfig, batch_size: int, eval_batch_size: int,

@@ -90,7 +90,7 @@ def test_a_resumed_pass_with_workers_starts_at_batch_k_and_reads_only_its_batche
     # worker w of N reads only batches start + w, start + w + N, ...: rows of no other batch
     read = []
     take = split.take
-    split.take = lambda rows: read.append(rows) or take(rows)  # type: ignore[method-assign]
+    split.take = lambda rows, **kw: read.append(rows) or take(rows, **kw)  # type: ignore[method-assign]
     got = signature(split.batches(1, 5 + 1, 3))  # worker 1 of 3, resumed at batch 5
     assert got == whole[6::3] and len(read) == len(got)
 

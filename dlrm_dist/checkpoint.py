@@ -2,7 +2,10 @@
 
 Layout of ``train.checkpoint_dir`` (default ``<run_dir>/checkpoints``)::
 
-    step-20/        DCP files of every rank (model + optimizer), then meta.json
+    step-20/        DCP files of every rank (model + optimizer), rank-{r}.json of
+                    every rank, config.yaml (the resolved config: ``dlrm-dist
+                    export`` rebuilds the model from it), then meta.json (written
+                    last: the checkpoint is complete)
     step-40/
     latest          one line, "step-40": the newest *complete* checkpoint
 
@@ -17,11 +20,25 @@ table's optimizer state lives in another optimizer (``embedding_dp``, see
 table's sharding type and :func:`pin_sharding_types` makes the resumed plan use
 the same ones.
 
+Per-rank state DCP does not hold: the optimizer's param groups (their LR and
+other hyperparameters) and the LR schedule over them. Ranks can hold different
+param groups (the planner may give rank 0 table_column_wise tables and rank 1
+those plus a table_wise one: one fused group per sharding type), so each rank
+writes its own ``rank-{r}.json`` and loads its own. DCP could carry them as
+non-tensor entries, but it keeps one copy per key (rank 0's) and a load on
+another world size would miss keys; plain files per rank are simpler to read
+and to reason about. On another world size than saved, every rank rebuilds its
+schedule from the step instead: a LambdaLR's state is its step (``last_epoch``)
+over base LRs the config gives. The fused optimizer's step counter (FBGEMM's
+Adam bias correction) is not in any state dict: it is set from the step.
+
 A save overwrites files in place, so it goes to a fresh ``step-N/`` and only
-after every rank's ``dcp.save`` returned does rank 0 write ``meta.json`` and
-move ``latest`` (tmp file + ``os.replace``, atomic). A save killed half way
-leaves a ``step-N/`` without ``meta.json`` that ``latest`` never names; the
-next save of that step deletes it first.
+after every rank's ``dcp.save`` returned and its ``rank-{r}.json`` is written
+does rank 0 write ``meta.json`` and move ``latest`` (tmp file + ``os.replace``,
+atomic). A save killed half way leaves a ``step-N/`` without ``meta.json`` that
+``latest`` never names; the next save of that step deletes it first. A save
+that fails (a full disk) raises :class:`CheckpointError` on every rank, after
+rank 0 deleted the partial ``step-N/``; ``latest`` still names the previous one.
 
 The files must be on a file system every rank sees (one host, or NFS / Lustre
 on a cluster).
@@ -30,6 +47,7 @@ on a cluster).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -41,11 +59,13 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 import yaml
 from torch import nn
 
+from dlrm_dist import faults
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
-from dlrm_dist.distributed import DistEnv, broadcast_object
+from dlrm_dist.distributed import DistEnv, broadcast_object, collectively, first_error
 from dlrm_dist.errors import UserError
 from dlrm_dist.files import write_text_atomic
 from dlrm_dist.model import feature_name
@@ -53,8 +73,11 @@ from dlrm_dist.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
 
+MODEL_KEY = "model"  # the app state entry holding the model's state_dict
 LATEST = "latest"
 META = "meta.json"
+CONFIG = "config.yaml"
+RANK_STATE = "rank-{rank}.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
@@ -153,15 +176,68 @@ def pin_sharding_types(cfg: ShardingConfig, saved: Dict[str, str], source: str =
 
 
 def _app_state(model: nn.Module, optimizer: Any) -> Dict[str, Any]:
-    return {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    return {MODEL_KEY: model.state_dict(), "optim": optimizer.state_dict()}
+
+
+def _json_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def rank_state(optimizer: Any, lr_scheduler: torch.optim.lr_scheduler.LRScheduler) -> Dict[str, Any]:
+    """This rank's state that DCP does not save: its LR schedule and the scalar
+    hyperparameters of its optimizer's param groups (``lr``, ``initial_lr`` ...).
+    Floats survive JSON exactly (Python writes the shortest repr that reads back equal)."""
+    sched = lr_scheduler.state_dict()  # its lr_lambdas are [None ...]: functions are not saved
+    groups = [{k: v for k, v in g.items() if k != "params" and _json_scalar(v)} for g in optimizer.param_groups]
+    return {"lr_scheduler": sched, "param_groups": groups}
+
+
+def _no_space(error: BaseException, directory: Path) -> bool:
+    """Did a save fail because the disk is full? DCP gathers every rank's exception
+    by pickling it, which drops the ``OSError(ENOSPC)`` chained under torch's own
+    ("unexpected pos 704 vs 598"), so the file system is asked too."""
+    seen = [error] + [f[0] if isinstance(f, tuple) else f for f in getattr(error, "failures", {}).values()]
+    for exc in seen:
+        while exc is not None:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
+                return True
+            exc = exc.__cause__ or exc.__context__
+    return 0 <= _free_bytes(directory) < 1 << 20
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return -1
+
+
+def _save_failed(error: BaseException, path: Path, env: DistEnv) -> CheckpointError:
+    """The error every rank raises when ``dcp.save`` failed; rank 0 removes the partial files."""
+    full = _no_space(error, path.parent)  # asked before the partial files are removed
+    dist.barrier()  # every rank saw it (DCP raises the same failure on all)
+    if env.is_main:
+        shutil.rmtree(path, ignore_errors=True)
+    latest = latest_checkpoint(path.parent)
+    kept = f"; {latest} is still the latest complete checkpoint" if latest else ""
+    if full:
+        return CheckpointError(f"saving checkpoint {path}: no space left on device "
+                               f"({_free_bytes(path.parent) / 2**20:.1f} MiB free there after removing "
+                               f"the partial save){kept}")
+    failures = getattr(error, "failures", None)  # DCP's: {rank: (exception, traceback)}
+    what = "; ".join(f"rank {r}: {type(f[0]).__name__}: {f[0]}" for r, f in sorted(failures.items())) \
+        if failures else f"{type(error).__name__}: {error}"
+    return CheckpointError(f"saving checkpoint {path} failed: {what}{kept}")
 
 
 class Checkpointer:
     """Saves ``step-N/`` checkpoints into ``directory`` and keeps the newest ``keep``."""
 
-    def __init__(self, directory: Path, keep: int, env: DistEnv, meta: Dict[str, Any]) -> None:
+    def __init__(self, directory: Path, keep: int, env: DistEnv, meta: Dict[str, Any],
+                 config_yaml: str = "") -> None:
         self.directory, self.keep, self.env = Path(directory), keep, env
         self.meta = meta  # fixed facts of the run: world size, sharding types, config digest
+        self.config_yaml = config_yaml  # the resolved config, saved beside each checkpoint
 
     def save(self, step: int, epoch: int, model: nn.Module, optimizer: Any,
              lr_scheduler: torch.optim.lr_scheduler.LRScheduler) -> Path:
@@ -175,10 +251,21 @@ class Checkpointer:
             if path.exists():  # what a killed save left: DCP would overwrite it piecemeal
                 shutil.rmtree(path)
         dist.barrier()
-        dcp.save(_app_state(model, optimizer), checkpoint_id=path)
-        dist.barrier()  # every rank's files are written
-        if self.env.is_main:
-            meta = {"step": step, "epoch": epoch, "lr_scheduler": lr_scheduler.state_dict(), **self.meta}
+        try:
+            dcp.save(_app_state(model, optimizer), checkpoint_id=path,
+                     storage_writer=faults.storage_writer(path, self.env.rank, step))
+            write_text_atomic(path / RANK_STATE.format(rank=self.env.rank),
+                              json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
+            failure = ""
+        except (Exception, CheckpointException) as e:  # DCP's (a BaseException; raised on every rank) or an OSError
+            failure, error = f"{type(e).__name__}: {e}", e
+        if first_error(failure, self.env):  # every rank learns if any failed; none waits alone
+            raise _save_failed(error if failure else RuntimeError("another rank's save failed"),
+                               path, self.env)
+        if self.env.is_main:  # every rank's files are written
+            if self.config_yaml:  # before meta.json, which marks the folder complete
+                write_text_atomic(path / CONFIG, self.config_yaml)
+            meta = {"step": step, "epoch": epoch, **self.meta}
             write_text_atomic(path / META, json.dumps(meta, indent=1))
             write_text_atomic(self.directory / LATEST, path.name + "\n")
             self._prune(step)
@@ -200,8 +287,38 @@ class Checkpointer:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def restore_rank_state(path: Path, meta: Dict[str, Any], optimizer: Any,
+                       lr_scheduler: torch.optim.lr_scheduler.LambdaLR, env: DistEnv) -> str:
+    """This rank's LR schedule and param-group hyperparameters: from its own
+    ``rank-{r}.json`` on the world size it was saved on, else rebuilt from the step.
+    Returns how ("rank-0.json" or "rebuilt from step N") for the log."""
+    step = meta["step"]
+    file = path / RANK_STATE.format(rank=env.rank)
+    saved = json.loads(file.read_text()) if meta.get("world_size") == env.world_size and file.is_file() else None
+    if saved is not None:
+        groups = saved["param_groups"]
+        if len(groups) != len(optimizer.param_groups):
+            raise CheckpointError(f"{file}: {len(groups)} optimizer param groups saved, this rank has "
+                                  f"{len(optimizer.param_groups)}: was the sharding plan changed?")
+        if saved["lr_scheduler"]["last_epoch"] != step:
+            raise CheckpointError(f"{file}: LR schedule at step {saved['lr_scheduler']['last_epoch']}, "
+                                  f"checkpoint at step {step}")
+        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        for group, values in zip(optimizer.param_groups, groups):
+            group.update({k: v for k, v in values.items() if k in group})
+        return file.name
+    # A LambdaLR is its step over the base LRs (from the config): what step() would
+    # have set, computed the way LambdaLR.get_lr does, so the LRs are the same floats.
+    lr_scheduler.last_epoch, lr_scheduler._step_count = step, step + 1
+    lrs = [base * fn(step) for base, fn in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
+    lr_scheduler._last_lr = lrs
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    return f"rebuilt from step {step}"
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
-                    lr_scheduler: torch.optim.lr_scheduler.LRScheduler) -> Dict[str, Any]:
+                    lr_scheduler: torch.optim.lr_scheduler.LambdaLR, env: DistEnv) -> Dict[str, Any]:
     """Load ``path`` into the sharded model, the optimizer and the LR schedule, in
     place, resharding as needed; return its meta (step, epoch ...). Collective."""
     meta = read_meta(path)
@@ -215,11 +332,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
             opt.zero_grad(set_to_none=True)
     state = _app_state(model, optimizer)
     dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state[MODEL_KEY])
     optimizer.load_state_dict(state["optim"])
-    # FBGEMM's step counter (Adam's bias correction) is a non-persistent buffer.
+    # FBGEMM's step counter (Adam's bias correction) is a buffer outside every
+    # state dict; it counts one per training step, like ours.
     optimizer.set_optimizer_step(meta["step"])
-    lr_scheduler.load_state_dict(meta["lr_scheduler"])
-    for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr()):
-        group["lr"] = lr  # the scheduler sets it only at its next step
+    how = collectively(lambda: restore_rank_state(path, meta, optimizer, lr_scheduler, env), env)
+    logger.info("rank %d: LR schedule and param groups: %s", env.rank, how)
     return meta

@@ -5,6 +5,8 @@
     dlrm-dist synth      --format tsv --days D --rows-per-day N --output DIR
     dlrm-dist plan       --config FILE --nodes N --gpus-per-node G ...
     dlrm-dist report     RUN_DIR [RUN_DIR ...] [--output report.png]
+    dlrm-dist export     CHECKPOINT --output model.pt [--dtype fp32|fp16|int8] [--program model.pt2]
+    dlrm-dist predict    --model model.pt --data DIR [--split val|test] [--output preds.npy]
 
 Each subcommand's module has ``main(argv) -> int``; they are imported lazily so
 ``dlrm-dist plan --help`` does not pay for what ``train`` needs.
@@ -22,6 +24,8 @@ COMMANDS = {
     "synth": ("dlrm_dist.prep.synth_tsv", "write raw Criteo-format days from the synthetic teacher"),
     "plan": ("dlrm_dist.plan", "will this job fit? sharding plan and memory per rank and host"),
     "report": ("dlrm_dist.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
+    "export": ("dlrm_dist.export", "sharded checkpoint -> one single-process model (+ serving program)"),
+    "predict": ("dlrm_dist.predict", "click probabilities of an exported model for an npy folder"),
 }
 
 

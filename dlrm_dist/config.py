@@ -222,6 +222,10 @@ class DistConfig:
     """Process-group backend; auto is nccl on CUDA, gloo on CPU."""
     check_host_memory: bool = True
     """Refuse to start when the host has less free RAM than the job needs."""
+    timeout_s: float = 600.0
+    """Longest any collective may wait for its peers (process-group timeout): a
+    rank that stops answering makes the others fail after this many seconds
+    instead of holding the job (torch's default is 30 minutes)."""
 
 
 @dataclass
@@ -361,6 +365,12 @@ def apply_overrides(cfg: Config, overrides: List[str], source: str = "config") -
     return cfg
 
 
+def parse_config(raw: Dict[str, Any], source: str) -> Config:
+    """A mapping of sections (e.g. a resolved config saved beside a model) -> a
+    validated Config; ``source`` names where it came from in error messages."""
+    return apply_overrides(_build_section(Config, raw, "", source), [], source)
+
+
 def validate(cfg: Config, source: str = "config") -> None:
     """Checks that span keys (types are checked while loading)."""
     m, t = cfg.model, cfg.train
@@ -381,6 +391,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'model.top_mlp': last layer must be 1, got {m.top_mlp}")
     if t.batch_size <= 0:
         raise ConfigError(f"{source}: key 'train.batch_size': must be > 0")
+    if cfg.dist.timeout_s <= 0:
+        raise ConfigError(f"{source}: key 'dist.timeout_s': must be > 0, got {cfg.dist.timeout_s}")
     for key in ("checkpoint_every", "keep_checkpoints"):
         if getattr(t, key) < 0:
             raise ConfigError(f"{source}: key 'train.{key}': must be >= 0")

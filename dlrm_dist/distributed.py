@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -33,6 +34,7 @@ class DistEnv:
     local_world_size: int
     device: torch.device
     backend: str
+    timeout_s: float = 600.0  # the process group's: bounds every collective (dist.timeout_s)
 
     @property
     def is_main(self) -> bool:
@@ -81,9 +83,13 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     device = pick_device(cfg, local_rank)
     backend = pick_backend(cfg, device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    env = DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
-    logger.info("rank %d/%d on %s (%s)", rank, world_size, device, backend)
+        # Bounds every collective: a peer that stops answering fails the others after
+        # this long (gloo: "Timed out waiting ... for recv/send"; nccl: the watchdog
+        # aborts the communicator) instead of torch's default 30 minutes.
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    env = DistEnv(rank, world_size, local_rank, local_world_size, device, backend, cfg.timeout_s)
+    logger.info("rank %d/%d on %s (%s, collectives time out after %g s)", rank, world_size, device, backend,
+                cfg.timeout_s)
     return env
 
 

@@ -11,7 +11,9 @@ started by hand; one rank of the job under torchrun or torchx
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
+import gc
 import logging
 import sys
 import time
@@ -140,13 +142,14 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
     dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, sharding_cfg, env, run_dir)
     state = TrainState()
     if resume_from is not None:
-        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler)
+        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler, env)
         state = TrainState(meta["step"], meta["epoch"])
         ckpt.warn_if_changed(meta, cfg, env)
         logger.info("resumed from %s at step %d", resume_from, state.step)
     checkpointer = None
     if cfg.train.checkpoint_every or cfg.train.checkpoint_at_end:
-        checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env))
+        checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env),
+                                         to_yaml(cfg))
 
     sink = MetricsSink(run_dir, env, cfg.metrics)
     try:
@@ -190,6 +193,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         preflight(cfg)
     except UserError as e:
         return report("dlrm-dist train", e)
+    # Python's last garbage collection at exit walks TorchRec's whole object graph:
+    # seconds per rank on a busy host, which delay the end of every run and, worse,
+    # the exit of a failed rank that torchrun waits for before stopping the others.
+    # The OS frees the memory anyway; frozen objects are skipped by that collection.
+    atexit.register(gc.freeze)
     # torch elastic's @record writes a failing rank's traceback where torchrun / torchx
     # find it, so the job's failure names the rank that failed first.
     from torch.distributed.elastic.multiprocessing.errors import record

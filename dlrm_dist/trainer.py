@@ -33,10 +33,12 @@ from torch import nn
 from torchrec.distributed.train_pipeline import EvalPipelineSparseDist, TrainPipelineSparseDist
 from tqdm import tqdm
 
+from dlrm_dist import faults
 from dlrm_dist.config import MetricsConfig, TrainConfig
 from dlrm_dist.data.contract import DataSplits, ResumableSplit
 from dlrm_dist.data.loader import make_loader
 from dlrm_dist.distributed import DistEnv
+from dlrm_dist.errors import UserError
 from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class Trainer:
         self.loader = loader or functools.partial(make_loader, device=env.device)
         self.state = state or TrainState()  # a resumed run's step and epoch
         self._saved_step = -1
+        self._phase = "setup"
         self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
 
     def total_steps(self, steps_per_epoch: int) -> int:
@@ -149,10 +152,30 @@ class Trainer:
             disable=not (self.env.is_main and self.metrics_cfg.progress_bar),
             mininterval=0.5 if sys.stderr.isatty() else 10.0,  # launchers' logs are not TTYs
         )
-        loss_sum, count = torch.zeros((), device=self.env.device), 0
         self.model.train()
         throughput.start()
+        try:
+            self._loop(data, batches, total, throughput, bar)
+        except UserError:
+            raise  # its one line comes from the entry point
+        except Exception as e:  # a collective that timed out or lost its peer; an error of this rank
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            logger.error("rank %d failed in %s: %s: %s (collectives time out after dist.timeout_s=%g)",
+                         self.env.rank, self._phase, type(e).__name__, first_line, self.env.timeout_s)
+            raise
+        throughput.pause()
+        bar.close()
+        if self.cfg.checkpoint_at_end and self.state.step > 0:
+            self.save_checkpoint()
+        return self._finish(data, throughput)
+
+    def _loop(self, data: DataSplits, batches: Iterator[Any], total: int, throughput: Throughput, bar: tqdm) -> None:
+        """The steps; ``self._phase`` says which collectives run now, for the error log."""
+        steps_per_epoch = len(data.train)
+        loss_sum, count = torch.zeros((), device=self.env.device), 0
         while True:
+            self._phase = (f"train step {self.state.step + 1} (TrainPipelineSparseDist: input all-to-all, "
+                           "forward, backward with DDP's all-reduce)")
             try:
                 loss, _logits, _labels = self.pipeline.progress(batches)
             except StopIteration:
@@ -160,30 +183,30 @@ class Trainer:
             self.lr_scheduler.step()
             self.state.step += 1
             self.state.epoch = (self.state.step - 1) // steps_per_epoch
+            faults.after_step(self.env.rank, self.state.step)  # test hook; inert unless DLRM_DIST_FAULT is set
             throughput.add(_labels.shape[0])
             loss_sum += loss
             count += 1
             bar.update(1)
             if self.state.step % self.metrics_cfg.log_every == 0:
+                self._phase = f"the loss all-reduce after step {self.state.step}"
                 self._log_train(loss_sum, count, throughput)
                 bar.set_postfix(loss=f"{float(loss_sum) / max(count, 1):.4f}")
                 loss_sum, count = torch.zeros((), device=self.env.device), 0
             if self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0 and self.state.step < total:
                 throughput.pause()
+                self._phase = f"the evaluation after step {self.state.step}"
                 val = self.evaluate(data.val, self.cfg.max_eval_batches)
                 self.sink.event("val", self.state.step, val)
                 throughput.start()
             if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
                 throughput.pause()
+                self._phase = f"the checkpoint save after step {self.state.step}"
                 self.save_checkpoint()
                 throughput.start()
+        self._phase = "the last loss all-reduce"
         if count:  # the steps since the last log event
             self._log_train(loss_sum, count, throughput)
-        throughput.pause()
-        bar.close()
-        if self.cfg.checkpoint_at_end and self.state.step > 0:
-            self.save_checkpoint()
-        return self._finish(data, throughput)
 
     def _finish(self, data: DataSplits, throughput: Throughput) -> Dict[str, Any]:
         val = self.evaluate(data.val)

@@ -21,7 +21,7 @@ map an out-of-range id to row 0.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -125,14 +125,23 @@ class CriteoDataset(SplitBase):
         return self.delivered(RawBatch(dense_t, None, labels_t, self.spec,
                                        torch.from_numpy(self.spec.host_values(sparse))))
 
+    def read(self, lo: int, hi: int) -> Day:
+        """Rows [lo, hi) of the sequence, copied out of the memory maps."""
+        return self.take((lo, hi))
+
+    def to_batch(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Batch:
+        """Rows as the model sees them: ids hashed into their tables, multi-hot expanded,
+        by the ``BatchSpec`` training uses (``dlrm-dist predict`` reads through here too,
+        so it sees what training saw)."""
+        return RawBatch(torch.from_numpy(np.array(dense, dtype=np.float32)), torch.from_numpy(np.array(sparse)),
+                        torch.from_numpy(labels.reshape(-1).astype(np.float32)), self.spec).finish()
+
 
 def build_criteo_splits(cfg: DataConfig, batch_size: int, eval_batch_size: int,
                         table_sizes: List[int], env: "DistEnv") -> DataSplits:
-    """Train (days 0 .. D-2), val (first half of day D-1) and test (second half) of this rank."""
-    folder = Path(cfg.path)
-    days = open_days(folder)
-    last = days[-1]
-    half = (len(last[0]) + 1) // 2  # ceil, as TorchRec's InMemoryBinaryCriteoIterDataPipe
+    """Train, val and test (see :func:`split_parts`) of this rank."""
+    days = open_days(Path(cfg.path))
+    parts = split_parts(days)
 
     def dataset(parts: List[Day], bs: int, train: bool) -> CriteoDataset:
         return CriteoDataset(parts, bs, env.rank, env.world_size, table_sizes, cfg.multi_hot_sizes,
@@ -140,10 +149,20 @@ def build_criteo_splits(cfg: DataConfig, batch_size: int, eval_batch_size: int,
                              shuffle_rows=train and cfg.shuffle_rows)
 
     splits = DataSplits(
-        train=dataset(days[:-1], batch_size, True),
-        val=dataset([tuple(a[:half] for a in last)], eval_batch_size, False),  # type: ignore[list-item]
-        test=dataset([tuple(a[half:] for a in last)], eval_batch_size, False),  # type: ignore[list-item]
+        train=dataset(parts["train"], batch_size, True),
+        val=dataset(parts["val"], eval_batch_size, False),
+        test=dataset(parts["test"], eval_batch_size, False),
     )
-    splits.info.update(criteo_days=len(days), train_rows=sum(len(d[0]) for d in days[:-1]),
-                       val_rows=half, test_rows=len(last[0]) - half)
+    rows = {name: sum(len(p[0]) for p in ps) for name, ps in parts.items()}
+    splits.info.update(criteo_days=len(days), train_rows=rows["train"], val_rows=rows["val"],
+                       test_rows=rows["test"])
     return splits
+
+
+def split_parts(days: List[Day]) -> Dict[str, List[Day]]:
+    """The split rule: days 0 .. D-2 train; the last day's first ceil(N/2) rows
+    validate (as TorchRec's InMemoryBinaryCriteoIterDataPipe), the rest test."""
+    last = days[-1]
+    half = (len(last[0]) + 1) // 2
+    return {"train": days[:-1], "val": [tuple(a[:half] for a in last)],  # type: ignore[dict-item]
+            "test": [tuple(a[half:] for a in last)]}

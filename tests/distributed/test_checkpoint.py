@@ -1,18 +1,31 @@
 """Checkpoint and resume (dlrm_dist.checkpoint): exact resume, resharding to
 another world size, and never resuming from a save that did not finish.
 
-The 2-rank runs use the smoke config with tables table_wise except cat_0 and
-cat_1, which are data_parallel: their optimizer state lives outside the fused
-embedding optimizer (``embedding_dp``), the case that needs sharding types
-pinned on resume.
+Two setups, both with LR warm-up and decay on, each trained 40 steps straight
+on 2 ranks (checkpoints at 20 and 40) and resumed from step 20 to 40:
+
+- ``planner``: the shipped smoke config, sharding left to the planner. It gives
+  the ranks different mixes of sharding types (table_column_wise on both, plus
+  one table_wise table on one rank), so the ranks hold different numbers of
+  optimizer param groups: each must restore its own schedule.
+- ``dp``: cat_0 and cat_1 data_parallel (their optimizer state, torch Adagrad
+  with its step counter, lives outside the fused optimizer: the case that needs
+  sharding types pinned on resume).
+
+The dense Adam's step counters are state DCP saves. FBGEMM's fused Adam, whose
+step counter is in no state dict (``set_optimizer_step`` restores it), runs
+only on GPUs ("Optimizer adam is not supported in CPU mode"): not tested here.
+
+"Exact" means bit for bit: ``==`` on the metrics, ``torch.equal`` on every tensor.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import pytest
 import torch
@@ -21,17 +34,22 @@ from dlrm_dist.checkpoint import LATEST, META, CheckpointError, Checkpointer, re
 from dlrm_dist.distributed import DistEnv
 from tests.conftest import run_cmd
 
-SMALL = [
+BASE = [
     "--config", "configs/smoke.yaml", "data.val_samples=4096", "data.test_samples=4096",
-    "metrics.progress_bar=false", "sharding.sharding_types=[table_wise]",
-    "sharding.tables={cat_0: {sharding_types: [data_parallel]}, cat_1: {sharding_types: [data_parallel]}}",
+    "metrics.progress_bar=false",
+    "optim.schedule.warmup_steps=10", "optim.schedule.decay_start_step=15", "optim.schedule.decay_steps=40",
 ]
+SETUPS: Dict[str, List[str]] = {
+    "planner": [],
+    "dp": ["sharding.tables={cat_0: {sharding_types: [data_parallel]}, cat_1: {sharding_types: [data_parallel]}}"],
+}
+SUMMARY_KEYS = ("val_auc", "val_logloss", "val_accuracy", "test_auc", "test_logloss", "test_accuracy", "steps")
 
 
-def _train(run_dir: Path, *overrides: str, ranks: int = 2) -> dict:
+def _train(run_dir: Path, *overrides: str, ranks: int = 2, setup: str = "planner") -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-    proc = run_cmd(launcher + ["-m", "dlrm_dist.train", "--run-dir", str(run_dir)] + SMALL + list(overrides),
-                   timeout=300)
+    args = ["-m", "dlrm_dist.train", "--run-dir", str(run_dir)] + BASE + SETUPS[setup] + list(overrides)
+    proc = run_cmd(launcher + args, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -55,55 +73,97 @@ def _tensors(step_dir: Path, tmp: Path) -> Dict[str, torch.Tensor]:
     return flat
 
 
-def _assert_same_state(a: Path, b: Path, tmp: Path) -> None:
+def assert_same_state(a: Path, b: Path, tmp: Path) -> Dict[str, torch.Tensor]:
+    """Both checkpoints hold the same tensors, bit for bit."""
     ta, tb = _tensors(a, tmp), _tensors(b, tmp)
     assert set(ta) == set(tb)
-    assert any(k.startswith("optim/state/embedding.") for k in ta)  # fused Adagrad state
-    assert any(k.startswith("optim/state/embedding_dp.") for k in ta)  # data_parallel tables'
+    assert any(k.startswith("optim/state/embedding.") for k in ta)  # fused optimizer state
     assert any(k.startswith("optim/state/dense.") for k in ta)  # Adam on the MLPs
-    for k in ta:
-        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6, msg=k)
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+    return ta
 
 
-@pytest.fixture(scope="module")
-def half_run(tmp_path_factory) -> Path:
-    """20 steps on 2 ranks, a checkpoint at the end."""
-    run_dir = tmp_path_factory.mktemp("ckpt") / "half"
-    summary = _train(run_dir, "train.max_steps=20", "train.checkpoint_at_end=true")
-    assert summary["steps"] == 20
-    return run_dir
+def _rank_states(step_dir: Path) -> List[dict]:
+    return [json.loads(p.read_text()) for p in sorted(step_dir.glob("rank-*.json"))]
 
 
-def test_resume_is_exact(half_run: Path, tmp_path: Path):
-    """40 steps straight == 20 steps, saved, resumed to 40: metrics and every tensor."""
-    straight = tmp_path / "straight"
-    s1 = _train(straight, "train.max_steps=40", "train.checkpoint_every=20", "train.keep_checkpoints=1")
-    s2 = _train(half_run, "train.max_steps=40", "train.checkpoint_every=20", "train.resume=latest")
-    assert s1["steps"] == s2["steps"] == 40
-    for key in ("val_auc", "val_logloss", "test_auc", "test_logloss"):
-        assert s1[key] == pytest.approx(s2[key], abs=1e-6), key
-    _assert_same_state(straight / "checkpoints/step-40", half_run / "checkpoints/step-40", tmp_path)
+@pytest.fixture(scope="module", params=sorted(SETUPS))
+def straight(request, tmp_path_factory) -> tuple:
+    """40 steps on 2 ranks, checkpoints kept at 20 and 40."""
+    run_dir = tmp_path_factory.mktemp("ckpt") / request.param
+    summary = _train(run_dir, "train.max_steps=40", "train.checkpoint_every=20", "train.keep_checkpoints=0",
+                     setup=request.param)
+    assert summary["steps"] == 40
+    return request.param, run_dir, summary
+
+
+def test_resume_is_exact(straight: tuple, tmp_path: Path):
+    """40 steps straight == resumed from its step-20 checkpoint to 40: metrics, every
+    tensor, and each rank's own LR schedule and param groups."""
+    setup, run_dir, s1 = straight
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_dir / "checkpoints/step-20", resumed / "checkpoints/step-20")
+    (resumed / "checkpoints" / LATEST).write_text("step-20\n")
+    s2 = _train(resumed, "train.max_steps=40", "train.checkpoint_every=20", "train.keep_checkpoints=1",
+                "train.resume=latest", setup=setup)
+    assert {k: s1[k] for k in SUMMARY_KEYS} == {k: s2[k] for k in SUMMARY_KEYS}
+    assert_same_state(run_dir / "checkpoints/step-40", resumed / "checkpoints/step-40", tmp_path)
+    saved = _rank_states(run_dir / "checkpoints/step-40")
+    assert saved == _rank_states(resumed / "checkpoints/step-40")
+    assert [s["lr_scheduler"]["last_epoch"] for s in saved] == [40, 40]
+    # The schedule ran: warm-up reached the peak, decay brought it down (dense Adam: lr 0.002).
+    assert saved[0]["param_groups"][-1]["lr"] < 0.002
+    if setup == "planner":  # the ranks hold different param groups: the case rank 0's state alone broke
+        plan = (run_dir / "plan.txt").read_text().split("\n\n")[0]
+        assert "table_column_wise" in plan and " table_wise " in plan
+        assert len({len(s["param_groups"]) for s in saved}) == 2
     # keep_checkpoints=1 pruned step-20; the pointer names the newest.
-    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == [LATEST, "step-40"]
-    assert (half_run / "checkpoints" / LATEST).read_text().strip() == "step-40"
-    steps = [json.loads(l)["step"] for l in (half_run / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 40 and 20 in steps  # the resumed run appended to the first one's metrics
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [LATEST, "step-40"]
+    assert (resumed / "checkpoints" / LATEST).read_text().strip() == "step-40"
 
 
-def test_resume_on_one_rank_reshards_tables(half_run: Path, tmp_path: Path):
-    """Saved on 2 ranks, loaded on 1: the plan keeps the saved sharding types and the
-    loaded state (tables, fused and data_parallel optimizer state) equals the saved."""
+def test_resume_on_one_rank_reshards_tables(straight: tuple, tmp_path: Path):
+    """Saved on 2 ranks, loaded on 1: the plan keeps the saved sharding types, the
+    loaded state (tables, fused and data_parallel optimizer state) equals the saved,
+    and the LR schedule, rebuilt from the step, gives the same LRs."""
+    setup, run_dir, _ = straight
+    if setup != "dp":
+        pytest.skip("the data_parallel setup is the one whose sharding types must be pinned")
     one = tmp_path / "one"
     summary = _train(one, "train.max_steps=20", "train.checkpoint_at_end=true",
-                     f"train.resume={half_run / 'checkpoints/step-20'}",
-                     "sharding.sharding_types=[]", "sharding.tables={}", ranks=1)
+                     f"train.resume={run_dir / 'checkpoints/step-20'}", "sharding.tables={}", ranks=1, setup=setup)
     assert summary["world_size"] == 1 and summary["steps"] == 20
     plan = (one / "plan.txt").read_text().split("\n\n")[0]
-    assert "t_cat_0      data_parallel" in plan and "t_cat_2      table_wise" in plan
+    assert "t_cat_0      data_parallel" in plan
     meta = json.loads((one / "checkpoints/step-20" / META).read_text())
     assert meta["world_size"] == 1
-    assert meta["sharding_types"] == json.loads((half_run / "checkpoints/step-20" / META).read_text())["sharding_types"]
-    _assert_same_state(half_run / "checkpoints/step-20", one / "checkpoints/step-20", tmp_path)
+    assert meta["sharding_types"] == json.loads((run_dir / "checkpoints/step-20" / META).read_text())["sharding_types"]
+    state = assert_same_state(run_dir / "checkpoints/step-20", one / "checkpoints/step-20", tmp_path)
+    assert any(k.startswith("optim/state/embedding_dp.") for k in state)  # data_parallel tables'
+    lrs = lambda d: {lr for s in _rank_states(d) for lr in s["lr_scheduler"]["_last_lr"]}  # noqa: E731
+    assert lrs(one / "checkpoints/step-20") == lrs(run_dir / "checkpoints/step-20")
+
+
+def test_row_wise_and_column_wise_reshard_both_ways(tmp_path: Path):
+    """cat_0 row_wise and cat_1 column_wise (the hand-built CPU plan), the rest table_wise:
+    2 ranks -> 1 -> 2 reproduces the 2-rank run bit for bit, and 1 rank trains on."""
+    pins = ["sharding.tables={cat_0: {sharding_types: [row_wise]}, cat_1: {sharding_types: [column_wise]}}"]
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    sa = _train(a, "train.max_steps=20", "train.checkpoint_every=10", "train.keep_checkpoints=0", *pins)
+    assert "t_cat_0      row_wise" in (a / "plan.txt").read_text()
+    # 2 -> 1, no step: the 1-rank checkpoint holds exactly the 2-rank one
+    _train(b, "train.max_steps=10", "train.checkpoint_at_end=true", f"train.resume={a / 'checkpoints/step-10'}", ranks=1)
+    assert "t_cat_0      row_wise" in (b / "plan.txt").read_text()
+    assert_same_state(a / "checkpoints/step-10", b / "checkpoints/step-10", tmp_path)
+    # 1 -> 2, then 10 steps: the same as the 2-rank run that was never resharded
+    sc = _train(c, "train.max_steps=20", "train.checkpoint_at_end=true", f"train.resume={b / 'checkpoints/step-10'}")
+    assert {k: sa[k] for k in SUMMARY_KEYS} == {k: sc[k] for k in SUMMARY_KEYS}
+    assert_same_state(a / "checkpoints/step-20", c / "checkpoints/step-20", tmp_path)
+    # 2 -> 1, then 5 steps on 1 rank
+    sd = _train(d, "train.max_steps=25", f"train.resume={a / 'checkpoints/step-20'}", ranks=1)
+    assert sd["steps"] == 25 and sd["world_size"] == 1 and 0.0 < sd["val_logloss"] < 1.0
 
 
 # ----------------------------------------------------------- killed saves, bad paths
@@ -146,7 +206,7 @@ def test_a_killed_save_is_replaced_and_a_missing_path_is_named(tmp_path: Path):
     partial = run_dir / "checkpoints/step-4"
     partial.mkdir(parents=True)
     (partial / "__0_0.distcp").write_text("half written")
-    one = [sys.executable, "-m", "dlrm_dist.train", "--run-dir", str(run_dir)] + SMALL
+    one = [sys.executable, "-m", "dlrm_dist.train", "--run-dir", str(run_dir)] + BASE
     proc = run_cmd(one + ["train.max_steps=4", "train.checkpoint_at_end=true", "train.resume=latest"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "starting fresh" in proc.stderr

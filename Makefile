@@ -31,8 +31,10 @@ train: install
 test: install
 	$(PY) -m pytest -q tests
 
-bench: install
-	$(PY) benchmarks/throughput.py --json benchmarks/results/throughput.json
+bench: install  # results and plots in benchmarks/results/<machine>/
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/comm.py
+	$(PY) benchmarks/embedding.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

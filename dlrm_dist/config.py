@@ -200,6 +200,16 @@ class TrainConfig:
     """Where to start from: "" a fresh model; "latest" the checkpoint that
     ``<checkpoint_dir>/latest`` names (a fresh model when there is none yet, so a
     restarted job can always pass it); or the path of a ``step-N`` folder."""
+    pipeline: Literal["base", "sparse_dist", "semi_sync"] = "sparse_dist"
+    """TorchRec train pipeline: sparse_dist (TrainPipelineSparseDist) overlaps the
+    next batch's input all-to-all with this step; base (TrainPipelineBase) runs
+    the stages in order; semi_sync (TrainPipelineSemiSync) also overlaps the next
+    batch's embedding lookup, with embeddings one step stale."""
+    profile_steps: List[int] = field(default_factory=list)
+    """``[start, stop]``: record a torch.profiler trace of steps start ... stop-1
+    (0-based) into ``<run_dir>/profile/`` and log the top ops; empty: no profiling."""
+    profile_ranks: List[int] = field(default_factory=lambda: [0])
+    """Ranks that profile when ``profile_steps`` is set (each writes its own trace)."""
 
 
 @dataclass
@@ -226,6 +236,9 @@ class DistConfig:
     """Longest any collective may wait for its peers (process-group timeout): a
     rank that stops answering makes the others fail after this many seconds
     instead of holding the job (torch's default is 30 minutes)."""
+    num_threads: int = 0
+    """Intra-op CPU threads per rank; 0: OMP_NUM_THREADS when set, else this
+    process's cores / ranks on the host, so ranks never oversubscribe the CPU."""
 
 
 @dataclass
@@ -393,6 +406,11 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'train.batch_size': must be > 0")
     if cfg.dist.timeout_s <= 0:
         raise ConfigError(f"{source}: key 'dist.timeout_s': must be > 0, got {cfg.dist.timeout_s}")
+    if t.profile_steps and (len(t.profile_steps) != 2 or not 0 <= t.profile_steps[0] < t.profile_steps[1]):
+        raise ConfigError(f"{source}: key 'train.profile_steps': expected [start, stop] with "
+                          f"0 <= start < stop, got {t.profile_steps}")
+    if cfg.dist.num_threads < 0:
+        raise ConfigError(f"{source}: key 'dist.num_threads': must be >= 0")
     for key in ("checkpoint_every", "keep_checkpoints"):
         if getattr(t, key) < 0:
             raise ConfigError(f"{source}: key 'train.{key}': must be >= 0")

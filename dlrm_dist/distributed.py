@@ -68,6 +68,19 @@ def pick_backend(cfg: DistConfig, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def cpu_threads(cfg: DistConfig, local_world_size: int) -> int:
+    """Intra-op threads for this rank: ``dist.num_threads``, else OMP_NUM_THREADS,
+    else an equal share of the cores this process may run on. Without it every rank
+    starts one thread per core: 2 ranks on 2 cores run 4 busy threads, and each
+    GEMM waits for a thread the other rank has descheduled."""
+    if cfg.num_threads > 0:
+        return cfg.num_threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world_size))
+
+
 def init_distributed(cfg: DistConfig) -> DistEnv:
     """Join (or, alone, create) the default process group and pick the device."""
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -82,14 +95,15 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     device = pick_device(cfg, local_rank)
     backend = pick_backend(cfg, device)
+    torch.set_num_threads(cpu_threads(cfg, local_world_size))
     if not dist.is_initialized():
         # Bounds every collective: a peer that stops answering fails the others after
         # this long (gloo: "Timed out waiting ... for recv/send"; nccl: the watchdog
         # aborts the communicator) instead of torch's default 30 minutes.
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
     env = DistEnv(rank, world_size, local_rank, local_world_size, device, backend, cfg.timeout_s)
-    logger.info("rank %d/%d on %s (%s, collectives time out after %g s)", rank, world_size, device, backend,
-                cfg.timeout_s)
+    logger.info("rank %d/%d on %s (%s, collectives time out after %g s), %d CPU threads", rank, world_size,
+                device, backend, cfg.timeout_s, torch.get_num_threads())
     return env
 
 

@@ -1,5 +1,6 @@
-"""The training loop: TrainPipelineSparseDist for training, EvalPipelineSparseDist
-for evaluation, and the decisions of when to log and when to evaluate.
+"""The training loop: a TorchRec train pipeline (``train.pipeline``, by default
+TrainPipelineSparseDist) for training, EvalPipelineSparseDist for evaluation,
+and the decisions of when to log and when to evaluate.
 
 ``TrainPipelineSparseDist`` keeps two batches in flight: while batch i runs
 forward/backward, batch i+1's input all-to-all (ids to the ranks that own their
@@ -30,16 +31,23 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optio
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.train_pipeline import EvalPipelineSparseDist, TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline import (
+    EvalPipelineSparseDist,
+    TrainPipeline,
+    TrainPipelineBase,
+    TrainPipelineSparseDist,
+)
+from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSemiSync
 from tqdm import tqdm
 
 from dlrm_dist import faults
-from dlrm_dist.config import MetricsConfig, TrainConfig
+from dlrm_dist.config import ConfigError, MetricsConfig, TrainConfig
 from dlrm_dist.data.contract import DataSplits, ResumableSplit
 from dlrm_dist.data.loader import make_loader
 from dlrm_dist.distributed import DistEnv
 from dlrm_dist.errors import UserError
 from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
+from dlrm_dist.profiling import StepProfiler
 
 if TYPE_CHECKING:
     from dlrm_dist.checkpoint import Checkpointer
@@ -51,6 +59,24 @@ logger = logging.getLogger(__name__)
 class TrainState:
     step: int = 0
     epoch: int = 0
+
+
+def build_train_pipeline(kind: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         device: torch.device) -> TrainPipeline:
+    """The ``train.pipeline`` class: ``sparse_dist`` (default) overlaps batch i+1's
+    input all-to-all with batch i; ``base`` runs each step's stages in order (the
+    reference point of the overlap); ``semi_sync`` also overlaps the embedding
+    lookup of batch i+1 with batch i's dense forward, at the price of one step of
+    staleness in the embeddings (from the first batch on here: TorchRec's
+    default waits 900 batches, longer than a benchmark)."""
+    if kind == "base":
+        return TrainPipelineBase(model, optimizer, device)
+    if kind == "semi_sync":
+        if device.type != "cuda":  # it records CUDA streams on the batch: "unknown parameter type" on CPU
+            raise ConfigError("train.pipeline=semi_sync needs CUDA (TorchRec's TrainPipelineSemiSync "
+                              "records CUDA streams); use base or sparse_dist on CPU")
+        return TrainPipelineSemiSync(model, optimizer, device, execute_all_batches=True, start_batch=0)
+    return TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
 
 
 Loader = Callable[[ResumableSplit], Iterable[Any]]
@@ -91,7 +117,18 @@ class Trainer:
         self.state = state or TrainState()  # a resumed run's step and epoch
         self._saved_step = -1
         self._phase = "setup"
-        self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
+        self.pipeline = build_train_pipeline(cfg.pipeline, model, optimizer, env.device)
+        self.profiler = StepProfiler(sink.run_dir, cfg.profile_steps, cfg.profile_ranks, env.rank, env.device)
+
+    def _detach(self) -> nn.Module:
+        """The model with its original forwards (TrainPipelineBase never replaces them)."""
+        if isinstance(self.pipeline, TrainPipelineSparseDist):
+            return self.pipeline.detach()
+        return self.model
+
+    def _attach(self, model: nn.Module) -> None:
+        if isinstance(self.pipeline, TrainPipelineSparseDist):
+            self.pipeline.attach(model)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.cfg.max_steps > 0:
@@ -101,7 +138,7 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     def evaluate(self, split: ResumableSplit, max_batches: int = 0) -> Dict[str, float]:
         """AUROC / logloss / accuracy of the model on a split, synced over ranks."""
-        model = self.pipeline.detach()  # original forwards back; in-flight batch kept
+        model = self._detach()  # original forwards back; in-flight batch kept
         model.eval()
         metrics = EvalMetrics(self.env.device, self.metrics_cfg.auroc_thresholds)
         batches: Iterator[Any] = iter(self.loader(split))
@@ -117,16 +154,16 @@ class Trainer:
                 metrics.update(logits, labels)
         pipeline.detach()
         model.train()
-        self.pipeline.attach(model)
+        self._attach(model)
         return metrics.compute()
 
     def save_checkpoint(self) -> None:
         """Save between steps, with the pipeline detached as for evaluation."""
         if self.checkpointer is None or self._saved_step == self.state.step:
             return
-        model = self.pipeline.detach()
+        model = self._detach()
         self.checkpointer.save(self.state.step, self.state.epoch, model, self.optimizer, self.lr_scheduler)
-        self.pipeline.attach(model)
+        self._attach(model)
         self._saved_step = self.state.step
 
     # ----------------------------------------------------------------- train
@@ -164,6 +201,7 @@ class Trainer:
                          self.env.rank, self._phase, type(e).__name__, first_line, self.env.timeout_s)
             raise
         throughput.pause()
+        self.profiler.finish()
         bar.close()
         if self.cfg.checkpoint_at_end and self.state.step > 0:
             self.save_checkpoint()
@@ -174,14 +212,16 @@ class Trainer:
         steps_per_epoch = len(data.train)
         loss_sum, count = torch.zeros((), device=self.env.device), 0
         while True:
-            self._phase = (f"train step {self.state.step + 1} (TrainPipelineSparseDist: input all-to-all, "
-                           "forward, backward with DDP's all-reduce)")
+            self._phase = (f"train step {self.state.step + 1} (train pipeline {self.cfg.pipeline}: input "
+                           "all-to-all, forward, backward with DDP's all-reduce)")
+            self.profiler.before_step(self.state.step)
             try:
                 loss, _logits, _labels = self.pipeline.progress(batches)
             except StopIteration:
                 break
             self.lr_scheduler.step()
             self.state.step += 1
+            self.profiler.after_step(self.state.step)
             self.state.epoch = (self.state.step - 1) // steps_per_epoch
             faults.after_step(self.env.rank, self.state.step)  # test hook; inert unless DLRM_DIST_FAULT is set
             throughput.add(_labels.shape[0])

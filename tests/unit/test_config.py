@@ -65,6 +65,13 @@ def test_cross_key_checks_name_the_key(tmp_path: Path):
     bad.write_text("sharding:\n  sharding_types: [rows]\n")
     with pytest.raises(ConfigError, match=r"sharding.sharding_types.*rows"):
         load_config(bad)
+    for steps in ("[5]", "[4, 4]", "[-1, 3]"):
+        bad.write_text(f"train:\n  profile_steps: {steps}\n")
+        with pytest.raises(ConfigError, match=r"bad.yaml.*train.profile_steps.*start < stop"):
+            load_config(bad)
+    bad.write_text("train:\n  pipeline: fused\n")
+    with pytest.raises(ConfigError, match=r"train.pipeline.*base, sparse_dist, semi_sync"):
+        load_config(bad)
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,12 @@ class DataConfig:
     source); random reads, so fast only while the days sit in page cache."""
     eval_batch_size: int = 0
     """Per-rank batch size for validation and test; 0 means train.batch_size."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank that build batches while the step runs
+    (0: in the training process). Batches and their order are the same for any
+    number; on CUDA hashing and multi-hot expansion run on the GPU after the copy."""
+    prefetch_factor: int = 2
+    """Batches each worker keeps ready (num_workers > 0)."""
 
 
 @dataclass
@@ -413,6 +419,9 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: key 'data.multi_hot_sizes': needs {NUM_SPARSE_FEATURES} sizes >= 1"
         )
+    if cfg.data.num_workers < 0 or cfg.data.prefetch_factor < 1:
+        raise ConfigError(f"{source}: keys 'data.num_workers' (>= 0) and 'data.prefetch_factor' (>= 1): "
+                          f"got {cfg.data.num_workers}, {cfg.data.prefetch_factor}")
     if cfg.data.source == "criteo" and not cfg.data.path:
         raise ConfigError(f"{source}: key 'data.path': required when data.source=criteo")
     for key, opt, allowed in (("optim.embedding", cfg.optim.embedding, EMBEDDING_OPTIMIZERS),

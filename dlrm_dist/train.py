@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import gc
 import logging
 import socket
@@ -122,6 +123,7 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
 def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "DistEnv") -> dict:
     from dlrm_dist import checkpoint as ckpt
     from dlrm_dist.data.build import build_data
+    from dlrm_dist.data.loader import make_loader
     from dlrm_dist.distributed import collectively
     from dlrm_dist.metrics import MetricsSink
     from dlrm_dist.trainer import Trainer, TrainState, log_summary
@@ -154,7 +156,10 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
 
     sink = MetricsSink(run_dir, env, cfg.metrics)
     try:
-        trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink, checkpointer, state)
+        loader = functools.partial(make_loader, device=env.device, num_workers=cfg.data.num_workers,
+                                   prefetch_factor=cfg.data.prefetch_factor)
+        trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink, checkpointer, state,
+                          loader)
         summary = trainer.fit(data)
         sink.write_json("summary.json", summary)
     finally:

@@ -21,12 +21,13 @@ and asks the training data for the batches from that step on.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -79,14 +80,19 @@ def build_train_pipeline(kind: str, model: nn.Module, optimizer: torch.optim.Opt
     return TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
 
 
-def _train_batches(split: ResumableSplit, device: torch.device, epochs: int, start: int = 0) -> Iterator[Any]:
+Loader = Callable[[ResumableSplit], Iterable[Any]]
+
+
+def _train_batches(split: ResumableSplit, device: torch.device, epochs: int, start: int = 0,
+                   loader: Optional[Loader] = None) -> Iterator[Any]:
     """One iterator over all epochs, so the pipeline never drains between epochs;
     it begins at overall batch ``start`` (the steps a resumed run has done)."""
+    loader = loader or functools.partial(make_loader, device=device)
     first_epoch, start_batch = divmod(start, len(split))
     for epoch in range(first_epoch, epochs):
         # e.g. reshuffle the batch order; a resumed epoch skips batches without reading them
         split.set_epoch(epoch, start_batch if epoch == first_epoch else 0)
-        yield from make_loader(split, device)
+        yield from loader(split)
 
 
 class Trainer:
@@ -101,10 +107,14 @@ class Trainer:
         sink: MetricsSink,
         checkpointer: Optional["Checkpointer"] = None,
         state: Optional[TrainState] = None,
+        loader: Optional[Loader] = None,
     ) -> None:
+        """``loader`` turns a split into its batches for one pass (default: ``make_loader``
+        without workers; ``train.py`` passes ``data.num_workers``)."""
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.env, self.cfg, self.metrics_cfg, self.sink = env, cfg, metrics_cfg, sink
         self.checkpointer = checkpointer
+        self.loader = loader or functools.partial(make_loader, device=env.device)
         self.state = state or TrainState()  # a resumed run's step and epoch
         self._saved_step = -1
         self._phase = "setup"
@@ -132,7 +142,7 @@ class Trainer:
         model = self._detach()  # original forwards back; in-flight batch kept
         model.eval()
         metrics = EvalMetrics(self.env.device, self.metrics_cfg.auroc_thresholds)
-        batches: Iterator[Any] = iter(make_loader(split, self.env.device))
+        batches: Iterator[Any] = iter(self.loader(split))
         if max_batches > 0:
             batches = itertools.islice(batches, max_batches)
         pipeline = EvalPipelineSparseDist(model, self.optimizer, self.env.device)
@@ -173,7 +183,7 @@ class Trainer:
         total = self.total_steps(steps_per_epoch)
         epochs = -(-total // steps_per_epoch)
         start = self.state.step
-        batches = itertools.islice(_train_batches(data.train, self.env.device, epochs, start), max(total - start, 0))
+        batches = itertools.islice(_train_batches(data.train, self.env.device, epochs, start, self.loader), max(total - start, 0))
         throughput = Throughput(self.env.world_size)
         bar = tqdm(
             total=total, initial=start, desc="train", unit="step",

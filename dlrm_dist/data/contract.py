@@ -11,16 +11,30 @@ objects with a known length that can start an epoch at any batch:
   (a resumed run). The start batch holds for one pass: the pass after it
   starts at batch 0 again. A split never given ``set_epoch`` reads epoch 0.
 
-``SplitBase`` keeps that bookkeeping once; a source subclasses it and writes
-``__len__`` and ``batches(epoch, start_batch)``.
+``SplitBase`` keeps that bookkeeping once, and the split among DataLoader
+worker processes: a source subclasses it and writes ``__len__``,
+``batch_keys(epoch)`` (what each batch of the epoch is, in reading order, cheap:
+row indices, sample offsets; nothing is read) and ``load(key)`` (the batch).
+With N workers, worker w loads batches w, w + N, w + 2N, ... of the pass; a
+DataLoader takes one item from each worker in turn, so the batches arrive in the
+same order as with no worker, and the keys of skipped batches are only computed.
+
+A split may yield a ``dlrm_dist.data.batches.RawBatch`` instead of a finished
+TorchRec ``Batch`` (``SplitBase.deliver``): its ``.to(device)``, which TorchRec's
+train and eval pipelines call when they copy a batch to the device, finishes it
+there. ``make_loader`` picks: on CUDA ``raw_ids`` (hashing, multi-hot expansion
+and the KJT on the GPU: the work that grows with the pooling factor); on CPU
+with workers ``values`` (hashed and expanded in the worker, only the KJT wrapped
+in the training process); else ``batch``.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Protocol, runtime_checkable
 
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 if TYPE_CHECKING:
     from torchrec.datasets.utils import Batch
@@ -38,12 +52,16 @@ class ResumableSplit(Protocol):
 
 
 class SplitBase(IterableDataset):
-    """A ``ResumableSplit`` minus the data: subclasses implement ``__len__`` and
-    ``batches``. The epoch and start batch are plain attributes, so the split can
-    be pickled into DataLoader worker processes after ``set_epoch``."""
+    """A ``ResumableSplit`` minus the data: subclasses implement ``__len__``,
+    ``batch_keys`` and ``load``. The epoch, start batch and ``deliver``
+    are plain attributes, so the split can be pickled into DataLoader worker
+    processes after ``set_epoch``."""
 
     epoch: int = 0
     start_batch: int = 0
+    deliver: str = "batch"
+    """``batch``: finished ``Batch``es; ``raw_ids``: ``RawBatch``es of ids as stored;
+    ``values``: ``RawBatch``es of finished values (see the module docstring)."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -53,13 +71,36 @@ class SplitBase(IterableDataset):
             raise ValueError(f"start_batch {start_batch} outside [0, {len(self)}]")
         self.epoch, self.start_batch = epoch, start_batch
 
-    def batches(self, epoch: int, start_batch: int) -> Iterator["Batch"]:
-        """Batches ``start_batch, start_batch + 1, ...`` of epoch ``epoch``."""
+    def batch_keys(self, epoch: int) -> Iterator[Any]:
+        """What each batch of epoch ``epoch`` is, in reading order; cheap (reads nothing)."""
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator["Batch"]:
+    def load(self, key: Any) -> Any:
+        """The batch a key names, as ``deliver`` asks (``self.delivered(raw)``)."""
+        raise NotImplementedError
+
+    def delivered(self, raw: Any) -> Any:
+        """A ``RawBatch`` as ``deliver`` asks for it."""
+        if self.deliver == "raw_ids":
+            return raw
+        if raw.values is None:  # hash and expand here
+            raw = raw.with_values()
+        return raw if self.deliver == "values" else raw.finish()
+
+    def batches(self, epoch: int, start_batch: int, step: int = 1) -> Iterator[Any]:
+        """Batches ``start_batch, start_batch + step, ...`` of epoch ``epoch``; the
+        ones in between are not read, only their keys computed."""
+        for key in itertools.islice(self.batch_keys(epoch), start_batch, len(self), step):
+            yield self.load(key)
+
+    def __iter__(self) -> Iterator[Any]:
         first, self.start_batch = self.start_batch, 0  # a resumed pass skips once
-        return self.batches(self.epoch, first)
+        worker = get_worker_info()
+        if worker is None:
+            return self.batches(self.epoch, first)
+        # worker w of N: batches first + w, first + w + N, ...; the DataLoader takes one
+        # item from each worker in turn, which restores the order of a single process
+        return self.batches(self.epoch, first + worker.id, worker.num_workers)
 
 
 def rank_slice(num_samples: int, batch_size: int, rank: int, world_size: int) -> range:

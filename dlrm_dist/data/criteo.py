@@ -20,16 +20,15 @@ map an out-of-range id to row 0.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+import torch
 from torchrec.datasets.utils import Batch
 
 from dlrm_dist.config import DataConfig
-from dlrm_dist.data import multi_hot
-from dlrm_dist.data.batches import make_batch
+from dlrm_dist.data.batches import BatchSpec, RawBatch
 from dlrm_dist.data.contract import DataSplits, SplitBase, rank_slice
 from dlrm_dist.data.npy_days import Day, open_days
 
@@ -37,7 +36,12 @@ if TYPE_CHECKING:
     from dlrm_dist.distributed import DistEnv
 
 class CriteoDataset(SplitBase):
-    """One rank's batches of a sequence of rows spread over one or more days."""
+    """One rank's batches of a sequence of rows spread over one or more days.
+
+    A batch's key is its rows: ``(lo, hi)`` for a contiguous run, or sorted row
+    indices (``shuffle_rows``). ``load`` copies those rows out of the memory maps
+    once, in the stored dtypes, and leaves hashing, multi-hot expansion and the
+    KJT to the ``BatchSpec`` (on the host here, or on the GPU after the copy)."""
 
     def __init__(self, parts: List[Day], batch_size: int, rank: int, world_size: int,
                  table_sizes: List[int], multi_hot_sizes: Optional[List[int]] = None,
@@ -46,8 +50,7 @@ class CriteoDataset(SplitBase):
         self.parts, self.batch_size = parts, batch_size
         self.starts = np.cumsum([0] + [len(p[0]) for p in parts])
         self.rows = rank_slice(int(self.starts[-1]), batch_size, rank, world_size)
-        self.table_sizes = np.asarray(table_sizes, dtype=np.int64)
-        self.multi_hot_sizes, self.multi_hot_distribution = multi_hot_sizes, multi_hot_distribution
+        self.spec = BatchSpec(list(table_sizes), multi_hot_sizes, multi_hot_distribution, seed)
         self.seed, self.shuffle, self.shuffle_rows = seed, shuffle, shuffle_rows
 
     def __len__(self) -> int:
@@ -61,8 +64,8 @@ class CriteoDataset(SplitBase):
             np.random.default_rng([self.seed, epoch]).shuffle(order)
         return order
 
-    def row_batches(self, epoch: int) -> Iterator[np.ndarray]:
-        """Row indices of each batch, in reading order. With ``shuffle_rows`` this rank's
+    def batch_keys(self, epoch: int) -> Iterator[Union[Tuple[int, int], np.ndarray]]:
+        """The rows of each batch, in reading order. With ``shuffle_rows`` this rank's
         rows are permuted within each day (seeded by seed, epoch, day), so a batch mixes
         rows from all over a day while only one day's permutation is held at a time
         (a Terabyte day is ~24M rows per rank on 8 ranks: 190 MB of indices)."""
@@ -70,7 +73,7 @@ class CriteoDataset(SplitBase):
         if not self.shuffle_rows:
             for b in self.batch_order(epoch):
                 lo = self.rows.start + int(b) * bs
-                yield np.arange(lo, lo + bs)
+                yield (lo, lo + bs)
             return
         carry = np.empty(0, dtype=np.int64)
         for day, (start, stop) in enumerate(zip(self.starts[:-1], self.starts[1:])):
@@ -82,39 +85,56 @@ class CriteoDataset(SplitBase):
             yield from np.sort(rows[:full].reshape(-1, bs), axis=1)  # sorted: fewer page faults
             carry = rows[full:]
 
-    def take(self, rows: np.ndarray) -> Day:
-        """The given rows (sorted), gathered from the memory maps of their days."""
-        if rows[-1] - rows[0] + 1 == len(rows):  # contiguous: plain slices
-            return self.read(int(rows[0]), int(rows[-1]) + 1)
-        part_of = np.searchsorted(self.starts, rows, side="right") - 1
-        chunks = [[x[rows[part_of == p] - self.starts[p]] for x in self.parts[p]] for p in np.unique(part_of)]
-        return tuple(np.concatenate(cols) for cols in zip(*chunks))  # type: ignore[return-value]
+    def take(self, rows: Union[Tuple[int, int], np.ndarray], copy: bool = True) -> Day:
+        """The rows of one batch (a ``(lo, hi)`` run or sorted indices), copied out of
+        the memory maps of their days into one array per column group, stored dtypes.
+        ``copy=False``: views into the memory map when the run lies in one day."""
+        n = rows[1] - rows[0] if isinstance(rows, tuple) else len(rows)
+        if not copy and isinstance(rows, tuple):
+            p = int(np.searchsorted(self.starts, rows[0], side="right")) - 1
+            lo, hi = rows[0] - int(self.starts[p]), rows[1] - int(self.starts[p])
+            if hi <= len(self.parts[p][0]):
+                return tuple(x[lo:hi] for x in self.parts[p])  # type: ignore[return-value]
+        out = tuple(np.empty((n,) + x.shape[1:], x.dtype) for x in self.parts[0])
+        at = 0
+        for part, start, stop in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            if isinstance(rows, tuple):
+                lo, hi = max(rows[0], int(start)), min(rows[1], int(stop))
+                if lo >= hi:
+                    continue
+                for o, x in zip(out, part):
+                    o[at:at + hi - lo] = x[lo - start:hi - start]
+            else:
+                lo, hi = np.searchsorted(rows, [start, stop])
+                if lo == hi:
+                    continue
+                for o, x in zip(out, part):
+                    np.take(x, rows[lo:hi] - start, axis=0, out=o[at:at + hi - lo], mode="clip")  # in range: unbuffered
+            at += hi - lo
+        return out  # type: ignore[return-value]
+
+    def load(self, rows: Union[Tuple[int, int], np.ndarray]) -> Union[Batch, RawBatch]:
+        raw_ids = self.deliver == "raw_ids"  # ids leave as they are: they need memory of their own
+        dense, sparse, labels = self.take(rows, copy=raw_ids)
+        dense_t = torch.from_numpy(np.array(dense, dtype=np.float32))  # always a copy (small)
+        labels_t = torch.from_numpy(labels.reshape(-1).astype(np.float32))
+        if raw_ids:
+            return RawBatch(dense_t, torch.from_numpy(sparse), labels_t, self.spec)
+        # finished on the host, the ids are read once, from the page cache when the batch
+        # is one run of one day: the transpose in ``host_values`` is their only copy
+        return self.delivered(RawBatch(dense_t, None, labels_t, self.spec,
+                                       torch.from_numpy(self.spec.host_values(sparse))))
 
     def read(self, lo: int, hi: int) -> Day:
         """Rows [lo, hi) of the sequence, copied out of the memory maps."""
-        chunks = []
-        for part, start, stop in zip(self.parts, self.starts[:-1], self.starts[1:]):
-            if stop <= lo or start == stop:
-                continue
-            if start >= hi:
-                break
-            chunks.append([np.asarray(x[max(lo - start, 0):min(hi, stop) - start]) for x in part])
-        return tuple(np.concatenate(cols) for cols in zip(*chunks))  # type: ignore[return-value]
-
-    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
-        """Epoch ``epoch``'s order (shuffled when asked) from batch ``start_batch`` on:
-        the rows of the batches before it are never read, only their indices computed."""
-        for rows in itertools.islice(self.row_batches(epoch), start_batch, None):
-            yield self.to_batch(*self.take(rows))
+        return self.take((lo, hi))
 
     def to_batch(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Batch:
-        """Rows as the model sees them: ids hashed into their tables, multi-hot expanded
-        (``dlrm-dist predict`` reads through here too, so it sees what training saw)."""
-        ids = sparse.astype(np.int64) % self.table_sizes
-        if self.multi_hot_sizes:
-            ids = multi_hot.expand_all(ids, list(self.table_sizes), self.multi_hot_sizes,
-                                       self.multi_hot_distribution, self.seed)
-        return make_batch(dense.astype(np.float32, copy=False), ids, labels)
+        """Rows as the model sees them: ids hashed into their tables, multi-hot expanded,
+        by the ``BatchSpec`` training uses (``dlrm-dist predict`` reads through here too,
+        so it sees what training saw)."""
+        return RawBatch(torch.from_numpy(np.array(dense, dtype=np.float32)), torch.from_numpy(np.array(sparse)),
+                        torch.from_numpy(labels.reshape(-1).astype(np.float32)), self.spec).finish()
 
 
 def build_criteo_splits(cfg: DataConfig, batch_size: int, eval_batch_size: int,

@@ -24,6 +24,7 @@ class RandomSplit(SplitBase):
         seed: int,
     ) -> None:
         self.num_batches = num_batches
+        self._cycle: Optional[List[Batch]] = None
         self.dataset = RandomRecDataset(
             keys=SPARSE_FEATURE_NAMES,
             batch_size=batch_size,
@@ -38,7 +39,12 @@ class RandomSplit(SplitBase):
     def __len__(self) -> int:
         return self.num_batches
 
-    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
-        """Batches before ``start_batch`` are skipped, which is cheap: they cycle
-        through 10 cached ones."""
-        return itertools.islice(iter(self.dataset), start_batch, None)
+    def batch_keys(self, epoch: int) -> Iterator[int]:
+        return iter(range(self.num_batches))
+
+    def load(self, index: int) -> Batch:
+        """Batch ``index`` of RandomRecDataset's cycle through its 10 cached batches:
+        skipping batches (resume, other workers' share) costs nothing."""
+        if self._cycle is None:
+            self._cycle = list(itertools.islice(iter(self.dataset), 10))
+        return self._cycle[index % len(self._cycle)]

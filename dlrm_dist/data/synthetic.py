@@ -9,13 +9,13 @@ before it.
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Union
 
 import numpy as np
+import torch
 from torchrec.datasets.utils import Batch
 
-from dlrm_dist.data import multi_hot
-from dlrm_dist.data.batches import dense_transform, make_batch
+from dlrm_dist.data.batches import BatchSpec, RawBatch, dense_transform
 from dlrm_dist.data.contract import SplitBase, rank_slice
 from dlrm_dist.teacher import SPLITS, Teacher
 
@@ -38,23 +38,20 @@ class SyntheticDataset(SplitBase):
         self.teacher, self.split = teacher, SPLITS[split]
         self.batch_size = batch_size
         self.samples = rank_slice(num_samples, batch_size, rank, world_size)
-        self.table_sizes = table_sizes or teacher.cardinalities
-        self.multi_hot_sizes = multi_hot_sizes
-        self.multi_hot_distribution = multi_hot_distribution
+        self.spec = BatchSpec(list(table_sizes or teacher.cardinalities), multi_hot_sizes,
+                              multi_hot_distribution, teacher.seed)
 
     def __len__(self) -> int:
         return len(self.samples) // self.batch_size
 
-    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
-        """Every epoch reads the same samples; batches before ``start_batch`` are
-        not generated."""
-        for b in range(start_batch, len(self)):
-            start = self.samples.start + b * self.batch_size
-            s = self.teacher.draw(self.split, start, start + self.batch_size)
-            sparse = s.sparse % np.asarray(self.table_sizes)  # hash into smaller tables
-            if self.multi_hot_sizes:
-                sparse = multi_hot.expand_all(
-                    sparse, self.table_sizes, self.multi_hot_sizes,
-                    self.multi_hot_distribution, self.teacher.seed,
-                )
-            yield make_batch(dense_transform(s.dense_raw), sparse, s.labels)
+    def batch_keys(self, epoch: int) -> Iterator[int]:
+        """Every epoch reads the same samples: a batch is its first sample's index."""
+        return (self.samples.start + b * self.batch_size for b in range(len(self)))
+
+    def load(self, start: int) -> Union[Batch, RawBatch]:
+        """Draws the batch's samples; ids are hashed into the tables (and expanded to
+        multi-hot) by the ``BatchSpec``."""
+        s = self.teacher.draw(self.split, start, start + self.batch_size)
+        raw = RawBatch(torch.from_numpy(dense_transform(s.dense_raw)), torch.from_numpy(s.sparse),
+                       torch.from_numpy(np.asarray(s.labels, dtype=np.float32).reshape(-1)), self.spec)
+        return self.delivered(raw)

@@ -223,7 +223,7 @@ def test_a_resumed_epoch_starts_at_batch_k_without_reading_the_ones_before(tmp_p
     expected = batches(whole)[5:]
     read = []
     take = resumed.take
-    resumed.take = lambda rows: read.append(rows) or take(rows)  # type: ignore[method-assign]
+    resumed.take = lambda rows, **kw: read.append(rows) or take(rows, **kw)  # type: ignore[method-assign]
     resumed.set_epoch(1, start_batch=5)
     got = batches(resumed)
     assert len(read) == len(expected) == len(got)  # the first 5 batches' rows were never read

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, environment, write_json  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 TABLE_CONFIGS = {"criteo_1tb": "configs/criteo_1tb.yaml", "criteo_kaggle": "configs/criteo_kaggle.yaml"}
@@ -138,23 +139,6 @@ def run_cases(args: argparse.Namespace, tables: List[int], dcnv2: List[int]) -> 
     return cases
 
 
-def versions() -> Dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("torch", "torchrec", "fbgemm-gpu-cpu", "numpy")
-            if _installed(p)} | {"python": platform.python_version()}
-
-
-def _installed(name: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(name)
-        return True
-    except PackageNotFoundError:
-        return False
-
-
 def plot(result: Dict[str, Any], png: Path) -> None:
     import matplotlib
 
@@ -204,15 +188,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     cases = run_cases(args, tables, dcnv2)
     result = {
         "data": str(args.data), "batch_size": args.batch_size, "table_sizes": args.table_sizes,
-        "workers": args.workers, "cases": cases, "versions": versions(),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor()},
+        "workers": args.workers, "cases": cases, **environment(),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "command": " ".join(["python", "benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"written {out} and {out.with_suffix('.png')}")
     return 0

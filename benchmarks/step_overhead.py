@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, environment, write_json  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 
@@ -236,14 +237,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run_world(args, n, Path(tmp) / f"world{n}.json") for n in args.nproc]
     result = {
-        "config": os.path.relpath(args.config, ROOT), "overrides": args.overrides, "runs": runs,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "config": os.path.relpath(args.config, ROOT), "overrides": args.overrides, "runs": runs, **environment(),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "command": " ".join(["python", "benchmarks/step_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"written {out} and {out.with_suffix('.png')}")
     return 0

@@ -154,7 +154,10 @@ def test_hung_rank_fails_the_job_within_the_timeout(tmp_path: Path):
     assert exit_after < timeout_s + torchrun_grace_s + 30, f"the job took {exit_after:.0f} s to end"
     line = next(l for l in out.splitlines() if "rank 0 failed in" in l)
     assert "train step" in line and "all-to-all" in line, line  # where: the step and its collectives
-    assert f"Timed out waiting {timeout_s * 1000}ms" in line and f"dist.timeout_s={timeout_s}" in line, line
+    # gloo says "Timed out waiting 20000ms for send ..." or "Application timeout caused pair
+    # closure", depending on which side of the pair notices first
+    assert "timed out" in line.lower() or "timeout caused" in line.lower(), line
+    assert f"dist.timeout_s={timeout_s}" in line, line
     print(f"SIGSTOP rank 1 -> rank 0 fails: {error_after:.1f} s, job exits: {exit_after:.1f} s "
           f"(dist.timeout_s={timeout_s}); load {os.getloadavg()[0]:.1f}")
 

@@ -76,6 +76,24 @@ def rate(make_iter: Callable[[], Iterable[Any]], batch_size: int, seconds: float
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def profile_one_hot(split, batch_size: int, seconds: float, out: Path) -> None:
+    """Where a one-hot batch of a CPU job spends its host time: cProfile's top functions
+    by own time, written to ``out`` (the floor the README and the issue discuss)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    samples_per_s = rate(lambda: split, batch_size, seconds)
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(20)
+    out.write_text(f"one-hot, CPU job, batch {batch_size}: {samples_per_s:,.0f} samples/s under cProfile\n"
+                   + text.getvalue())
+    print(f"profile written to {out}")
+
+
 def our_split(data: Path, batch_size: int, tables: List[int], multi_hot: Optional[List[int]] = None,
               shuffle_rows: bool = False, finish_on_device: bool = False):
     import torch
@@ -176,6 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per loader (after a warm-up pass)")
     p.add_argument("--make-data", nargs=2, type=int, metavar=("DAYS", "ROWS"),
                    help="first write DAYS synthetic days of ROWS rows into --data")
+    p.add_argument("--profile", type=Path, help="also write a cProfile table of the one-hot CPU case here")
     args = p.parse_args(argv)
 
     from dlrm_dist.config import load_config
@@ -186,6 +205,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     dcnv2 = load_config(str(ROOT / DCNV2_CONFIG), []).data.multi_hot_sizes
     load_start = os.getloadavg()
     cases = run_cases(args, tables, dcnv2)
+    if args.profile:
+        profile_one_hot(our_split(Path(args.data), args.batch_size, tables), args.batch_size, args.seconds,
+                        args.profile)
     result = {
         "data": str(args.data), "batch_size": args.batch_size, "table_sizes": args.table_sizes,
         "workers": args.workers, "cases": cases, **environment(),

@@ -207,7 +207,7 @@ def plot(result: Dict[str, Any], png: Path) -> None:
                     (i + 0.2, statistics.median(r["trainer_ms_per_step"])), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(x), [f"{r['world_size']} rank(s)" for r in rows])
     ax.set_ylabel(f"ms per step (batch {rows[0]['batch_size_per_rank']} per rank)")
-    ax.set_title(f"Trainer overhead, load {result['load_average_start'][0]:.1f} on {result['machine']['cpu_count']} CPUs")
+    ax.set_title(f"Trainer overhead, load {result['load_average_start'][0]:.1f} on {result['cpu_cores']} CPUs")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(png, dpi=110)

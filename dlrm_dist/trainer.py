@@ -95,6 +95,10 @@ def _train_batches(split: ResumableSplit, device: torch.device, epochs: int, sta
         yield from loader(split)
 
 
+_TRAIN_STEP = ("train step {next} (train pipeline {pipeline}: input all-to-all, forward, backward "
+               "with DDP's all-reduce)")
+
+
 class Trainer:
     def __init__(
         self,
@@ -199,7 +203,9 @@ class Trainer:
         except Exception as e:  # a collective that timed out or lost its peer; an error of this rank
             first_line = (str(e).strip().splitlines() or [""])[0]
             logger.error("rank %d failed in %s: %s: %s (collectives time out after dist.timeout_s=%g)",
-                         self.env.rank, self._phase, type(e).__name__, first_line, self.env.timeout_s)
+                         self.env.rank, self._phase.format(step=self.state.step, next=self.state.step + 1,
+                                                           pipeline=self.cfg.pipeline),
+                         type(e).__name__, first_line, self.env.timeout_s)
             raise
         throughput.pause()
         self.profiler.finish()
@@ -209,12 +215,12 @@ class Trainer:
         return self._finish(data, throughput)
 
     def _loop(self, data: DataSplits, batches: Iterator[Any], total: int, throughput: Throughput, bar: tqdm) -> None:
-        """The steps; ``self._phase`` says which collectives run now, for the error log."""
+        """The steps; ``self._phase`` says which collectives run now, for the error log (a
+        template formatted only when a step fails: nothing is formatted per step)."""
         steps_per_epoch = len(data.train)
         loss_sum, count = torch.zeros((), device=self.env.device), 0
         while True:
-            self._phase = (f"train step {self.state.step + 1} (train pipeline {self.cfg.pipeline}: input "
-                           "all-to-all, forward, backward with DDP's all-reduce)")
+            self._phase = _TRAIN_STEP
             self.profiler.before_step(self.state.step)
             try:
                 loss, _logits, _labels = self.pipeline.progress(batches)
@@ -230,19 +236,19 @@ class Trainer:
             count += 1
             bar.update(1)
             if self.state.step % self.metrics_cfg.log_every == 0:
-                self._phase = f"the loss all-reduce after step {self.state.step}"
+                self._phase = "the loss all-reduce after step {step}"
                 self._log_train(loss_sum, count, throughput)
                 bar.set_postfix(loss=f"{float(loss_sum) / max(count, 1):.4f}")
                 loss_sum, count = torch.zeros((), device=self.env.device), 0
             if self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0 and self.state.step < total:
                 throughput.pause()
-                self._phase = f"the evaluation after step {self.state.step}"
+                self._phase = "the evaluation after step {step}"
                 val = self.evaluate(data.val, self.cfg.max_eval_batches)
                 self.sink.event("val", self.state.step, val)
                 throughput.start()
             if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
                 throughput.pause()
-                self._phase = f"the checkpoint save after step {self.state.step}"
+                self._phase = "the checkpoint save after step {step}"
                 self.save_checkpoint()
                 throughput.start()
         self._phase = "the last loss all-reduce"

@@ -17,7 +17,7 @@ setup(
     packages=find_packages(include=["dlrm_dist", "dlrm_dist.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch==2.13.0",
+        "torch==2.14.1",
         "torchmetrics==1.0.3",  # torchrec 1.8.0 pins it
         "tensordict",
         "pyre-extensions",

@@ -6,7 +6,7 @@ message sizes a DLRM step sends.
         [--iters 10] [--windows 5] [--machine NAME] [--json OUT] [--no-plots]
 
 Started by hand it relaunches itself under torchrun with ``--ranks`` local ranks
-(gloo on CPU, nccl on GPUs: ``dlrm_dist.distributed.init_distributed`` picks
+(gloo on CPU, nccl on GPUs: ``dlrm_dist.training.distributed.init_distributed`` picks
 them as training does). Two kinds of sizes:
 
 * a geometric sweep ``--min-bytes`` ... ``--max-bytes`` (x4), for the curve;
@@ -98,7 +98,7 @@ def worker(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from dlrm_dist.config import DistConfig
-    from dlrm_dist.distributed import init_distributed
+    from dlrm_dist.training.distributed import init_distributed
 
     env = init_distributed(DistConfig())
     step = dlrm_sizes(args.config, args.batch_sizes)

@@ -76,7 +76,7 @@ def environment() -> Dict[str, Any]:
 
 
 def write_json(path: Path, payload: Dict[str, Any]) -> None:
-    from dlrm_dist.files import write_text_atomic
+    from dlrm_dist.core.files import write_text_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

@@ -163,7 +163,7 @@ def worker(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from dlrm_dist.config import DistConfig
-    from dlrm_dist.distributed import init_distributed
+    from dlrm_dist.training.distributed import init_distributed
 
     env = init_distributed(DistConfig())
     rows: List[Dict[str, Any]] = []

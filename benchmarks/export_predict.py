@@ -52,8 +52,8 @@ def child_export(step: str, output: str, dtype: str, program: str) -> None:
     imports, peak after writing the model file; then the program, timed apart."""
     import psutil
 
-    from dlrm_dist.export import export
-    from dlrm_dist.serving import export_program, load_model_file, program_example
+    from dlrm_dist.serving.export import export
+    from dlrm_dist.serving.program import export_program, load_model_file, program_example
 
     baseline = psutil.Process().memory_info().rss
     report = export(Path(step), Path(output), dtype)
@@ -73,7 +73,7 @@ def program_samples_per_s(path: Path, model_file: Path, data: Path, batch_size: 
 
     from dlrm_dist.data.criteo import CriteoDataset, split_parts
     from dlrm_dist.data.npy_days import open_days
-    from dlrm_dist.serving import load_model_file, serving_inputs
+    from dlrm_dist.serving.program import load_model_file, serving_inputs
 
     cfg = load_model_file(model_file).cfg
     module = torch.export.load(str(path)).module()
@@ -110,8 +110,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     from dlrm_dist.config import load_config
-    from dlrm_dist.predict import predict
-    from dlrm_dist.serving import load_model_file
+    from dlrm_dist.serving.predict import predict
+    from dlrm_dist.serving.program import load_model_file
 
     cfg = load_config(args.config)
     work = Path(args.keep or tempfile.mkdtemp(prefix="export-bench-"))

@@ -100,7 +100,7 @@ def our_split(data: Path, batch_size: int, tables: List[int], multi_hot: Optiona
 
     from dlrm_dist.config import DataConfig
     from dlrm_dist.data.criteo import build_criteo_splits
-    from dlrm_dist.distributed import DistEnv
+    from dlrm_dist.training.distributed import DistEnv
 
     cfg = DataConfig(source="criteo", path=str(data), multi_hot_sizes=multi_hot, shuffle_rows=shuffle_rows)
     split = build_criteo_splits(cfg, batch_size, batch_size, tables,

@@ -90,8 +90,8 @@ def trainer_seconds(cfg, env, run_dir: Path, loader, warmup: int,
     import torch
     import torch.distributed as dist
 
-    from dlrm_dist.metrics import MetricsSink
-    from dlrm_dist.trainer import Trainer
+    from dlrm_dist.training.metrics import MetricsSink
+    from dlrm_dist.training.trainer import Trainer
 
     data, dmp, optimizer, lr = _build(cfg, env, run_dir)
     sink = MetricsSink(run_dir, env, cfg.metrics)
@@ -133,7 +133,7 @@ def child(args: argparse.Namespace) -> None:
 
     from dlrm_dist.config import load_config
     from dlrm_dist.data.loader import make_loader
-    from dlrm_dist.distributed import init_distributed, teardown
+    from dlrm_dist.training.distributed import init_distributed, teardown
 
     cfg = load_config(args.config, args.overrides)
     env = init_distributed(cfg.dist)

@@ -30,10 +30,10 @@ import ceiling  # noqa: E402
 
 from dlrm_dist.config import load_config  # noqa: E402
 from dlrm_dist.data.build import build_data  # noqa: E402
-from dlrm_dist.distributed import init_distributed  # noqa: E402
-from dlrm_dist.metrics import MetricsSink, peak_rss_bytes  # noqa: E402
+from dlrm_dist.training.distributed import init_distributed  # noqa: E402
+from dlrm_dist.training.metrics import MetricsSink, peak_rss_bytes  # noqa: E402
 from dlrm_dist.train import build_sharded_model, make_run_dir, setup_logging  # noqa: E402
-from dlrm_dist.trainer import Trainer  # noqa: E402
+from dlrm_dist.training.trainer import Trainer  # noqa: E402
 
 
 class CpuClockSink(MetricsSink):

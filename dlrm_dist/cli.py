@@ -22,10 +22,10 @@ COMMANDS = {
     "train": ("dlrm_dist.train", "train DLRM (one process, or one rank under torchrun / torchx)"),
     "preprocess": ("dlrm_dist.prep.preprocess", "raw Criteo TSV days -> npy days"),
     "synth": ("dlrm_dist.prep.synth_tsv", "write raw Criteo-format days from the synthetic teacher"),
-    "plan": ("dlrm_dist.plan", "will this job fit? sharding plan and memory per rank and host"),
-    "report": ("dlrm_dist.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
-    "export": ("dlrm_dist.export", "sharded checkpoint -> one single-process model (+ serving program)"),
-    "predict": ("dlrm_dist.predict", "click probabilities of an exported model for an npy folder"),
+    "plan": ("dlrm_dist.planner.plan", "will this job fit? sharding plan and memory per rank and host"),
+    "report": ("dlrm_dist.training.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
+    "export": ("dlrm_dist.serving.export", "sharded checkpoint -> one single-process model (+ serving program)"),
+    "predict": ("dlrm_dist.serving.predict", "click probabilities of an exported model for an npy folder"),
 }
 
 

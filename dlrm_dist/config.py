@@ -21,12 +21,8 @@ from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 
-from dlrm_dist.errors import UserError
-
-# Criteo layout: 13 integer ("dense") features, 26 categorical ones.
-NUM_DENSE_FEATURES = 13
-NUM_SPARSE_FEATURES = 26
-SPARSE_FEATURE_NAMES = [f"cat_{i}" for i in range(NUM_SPARSE_FEATURES)]
+from dlrm_dist.core.criteo import NUM_SPARSE_FEATURES, SPARSE_FEATURE_NAMES
+from dlrm_dist.core.errors import UserError
 
 # Names checked at load time (kept here so loading a config needs no TorchRec import;
 # tests/unit/test_config.py checks they match TorchRec's enums).

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 from dlrm_dist.config import Config, load_config, to_yaml
-from dlrm_dist.errors import UserError, report
+from dlrm_dist.core.errors import UserError, report
 
 if TYPE_CHECKING:
     from dlrm_dist.config import ShardingConfig
-    from dlrm_dist.distributed import DistEnv
+    from dlrm_dist.training.distributed import DistEnv
 
 # The config is checked before anything heavy is imported, so a typo in it is
 # reported in a fraction of a second instead of after TorchRec has loaded.
@@ -57,7 +57,7 @@ def setup_logging(rank: int) -> None:
 def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv", resuming: bool = False) -> Path:
     import torch.distributed as dist
 
-    from dlrm_dist.distributed import broadcast_object
+    from dlrm_dist.training.distributed import broadcast_object
 
     default = f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(broadcast_object(arg or default, env))  # rank 0's clock decides
@@ -73,8 +73,8 @@ def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv", resuming:
 def check_memory(cfg: Config, env: "DistEnv") -> None:
     """One rank per host (local rank 0) compares the plan's host-memory need with
     what is free there; a shortfall on any host stops every rank with its message."""
-    from dlrm_dist.capacity import check_host_memory
-    from dlrm_dist.distributed import collectively
+    from dlrm_dist.planner.capacity import check_host_memory
+    from dlrm_dist.training.distributed import collectively
 
     def check() -> None:
         if env.local_rank == 0:
@@ -90,8 +90,8 @@ def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistE
     import torch
 
     from dlrm_dist.model import build_model
-    from dlrm_dist.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
-    from dlrm_dist.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
+    from dlrm_dist.training.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
+    from dlrm_dist.training.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
 
     torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
     model = build_model(cfg.model, env.device)
@@ -107,7 +107,7 @@ def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistE
 
 
 def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
-    from dlrm_dist.distributed import init_distributed, teardown
+    from dlrm_dist.training.distributed import init_distributed, teardown
 
     env = init_distributed(cfg.dist)
     setup_logging(env.rank)
@@ -121,12 +121,12 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
 
 
 def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "DistEnv") -> dict:
-    from dlrm_dist import checkpoint as ckpt
+    from dlrm_dist.training import checkpoint as ckpt
     from dlrm_dist.data.build import build_data
     from dlrm_dist.data.loader import make_loader
-    from dlrm_dist.distributed import collectively
-    from dlrm_dist.metrics import MetricsSink
-    from dlrm_dist.trainer import Trainer, TrainState, log_summary
+    from dlrm_dist.training.distributed import collectively
+    from dlrm_dist.training.metrics import MetricsSink
+    from dlrm_dist.training.trainer import Trainer, TrainState, log_summary
 
     # The data first: a wrong data.path must fail in a second, not after planning a 100 GB model.
     data = collectively(lambda: build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env), env)
@@ -134,7 +134,7 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
     ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else run_dir / "checkpoints"
     resume_from = ckpt.find_resume(cfg.train.resume, ckpt_dir, env)
     sharding_cfg = cfg.sharding
-    if resume_from is not None:  # same sharding types as saved: see dlrm_dist.checkpoint
+    if resume_from is not None:  # same sharding types as saved: see dlrm_dist.training.checkpoint
         sharding_cfg = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(resume_from)["sharding_types"],
                                                str(resume_from / ckpt.META))
     if env.is_main:

@@ -5,7 +5,7 @@
 * ``build``: ``build_data``, the configured source's train / val / test splits.
 * ``loader``: the DataLoader that feeds a split to the train pipeline.
 * sources: ``random_source`` (TorchRec's RandomRecDataset), ``synthetic`` (the
-  seeded teacher of ``dlrm_dist.teacher``), ``criteo`` (memory-mapped npy days);
+  seeded teacher of ``dlrm_dist.core.teacher``), ``criteo`` (memory-mapped npy days);
   ``batches`` and ``multi_hot`` turn numpy arrays into TorchRec ``Batch``es.
 
 Offline preparation (raw TSV -> npy days) lives apart, in ``dlrm_dist.prep``.

@@ -26,10 +26,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec.streamable import Pipelineable
 
-from dlrm_dist.config import SPARSE_FEATURE_NAMES
+from dlrm_dist.core.criteo import SPARSE_FEATURE_NAMES, log1p_transform
 from dlrm_dist.data import multi_hot
 from dlrm_dist.data.multi_hot import Expander
-from dlrm_dist.prep.transforms import log1p_transform
 
 
 def dense_transform(raw: np.ndarray) -> np.ndarray:

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, List
 
 from dlrm_dist.config import DataConfig
 from dlrm_dist.data.contract import DataSplits
-from dlrm_dist.errors import DataError
+from dlrm_dist.core.errors import DataError
 
 if TYPE_CHECKING:
-    from dlrm_dist.distributed import DistEnv
+    from dlrm_dist.training.distributed import DistEnv
 
 
 def build_data(cfg: DataConfig, batch_size: int, table_sizes: List[int], env: "DistEnv") -> DataSplits:
@@ -29,7 +29,7 @@ def build_data(cfg: DataConfig, batch_size: int, table_sizes: List[int], env: "D
                             split(cfg.test_samples, eval_bs, 2))
     elif cfg.source == "synthetic":
         from dlrm_dist.data.synthetic import SyntheticDataset
-        from dlrm_dist.teacher import Teacher, teacher_auc
+        from dlrm_dist.core.teacher import Teacher, teacher_auc
 
         teacher = Teacher(table_sizes, seed=cfg.seed, zipf_exponent=cfg.zipf_exponent, scale=cfg.teacher_scale)
 

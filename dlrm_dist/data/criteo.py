@@ -33,7 +33,7 @@ from dlrm_dist.data.contract import DataSplits, SplitBase, rank_slice
 from dlrm_dist.data.npy_days import Day, open_days
 
 if TYPE_CHECKING:
-    from dlrm_dist.distributed import DistEnv
+    from dlrm_dist.training.distributed import DistEnv
 
 class CriteoDataset(SplitBase):
     """One rank's batches of a sequence of rows spread over one or more days.

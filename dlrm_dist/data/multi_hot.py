@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, List
 
 import numpy as np
 
-from dlrm_dist.hashing import mix64, uniform
+from dlrm_dist.core.hashing import mix64, uniform
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
-from dlrm_dist.errors import DataError
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.errors import DataError
 
 Day = Tuple[np.ndarray, np.ndarray, np.ndarray]  # dense (N, 13), sparse (N, 26), labels (N, 1)
 KINDS = ("dense", "sparse", "labels")

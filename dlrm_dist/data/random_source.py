@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional
 from torchrec.datasets.random import RandomRecDataset
 from torchrec.datasets.utils import Batch
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES
 from dlrm_dist.data.contract import SplitBase
 
 

@@ -1,6 +1,6 @@
 """``data.source=synthetic``: one rank's TorchRec batches drawn from the seeded teacher.
 
-The teacher (``dlrm_dist.teacher``, numpy only) defines the samples and their
+The teacher (``dlrm_dist.core.teacher``, numpy only) defines the samples and their
 labels; this module slices them per rank and batch, hashes ids into the
 configured tables, optionally expands them to multi-hot, and builds ``Batch``es.
 A sample depends on its index alone, so resuming at batch k generates nothing
@@ -17,7 +17,7 @@ from torchrec.datasets.utils import Batch
 
 from dlrm_dist.data.batches import BatchSpec, RawBatch, dense_transform
 from dlrm_dist.data.contract import SplitBase, rank_slice
-from dlrm_dist.teacher import SPLITS, Teacher
+from dlrm_dist.core.teacher import SPLITS, Teacher
 
 
 class SyntheticDataset(SplitBase):

@@ -27,7 +27,9 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES, ModelConfig
+from dlrm_dist.config import ModelConfig
+
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, SPARSE_FEATURE_NAMES
 
 
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"

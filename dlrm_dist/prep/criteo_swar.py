@@ -32,7 +32,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
 # Lines decoded at a time, so that their temporaries (~1 MB) stay in the L2 cache:

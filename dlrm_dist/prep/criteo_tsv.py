@@ -35,9 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.criteo import DENSE_TRANSFORMS, NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 from dlrm_dist.prep.criteo_swar import parse_regular
-from dlrm_dist.prep.transforms import DENSE_TRANSFORMS
 
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
 COLUMN_NAMES = ["label"] + [f"I{j}" for j in range(1, 14)] + [f"C{j}" for j in range(1, 27)]

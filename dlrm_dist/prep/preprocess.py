@@ -49,12 +49,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 from dlrm_dist.prep.criteo_tsv import BadLine, ParseSpec, parse_block_tolerant
 from dlrm_dist.prep.npy_stream import NpyStreamWriter, WriteBehind, sha256_file
 from dlrm_dist.prep.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, prefetch, split_kaggle
-from dlrm_dist.errors import entry_point
-from dlrm_dist.files import write_text_atomic
+from dlrm_dist.core.errors import entry_point
+from dlrm_dist.core.files import write_text_atomic
 
 KINDS = ("dense", "sparse", "labels")
 MAX_BAD_LINE_EXAMPLES = 20

@@ -23,7 +23,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from dlrm_dist.errors import UserError
+from dlrm_dist.core.errors import UserError
 
 T = TypeVar("T")
 KAGGLE_DAYS = 7

@@ -28,9 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, load_config
-from dlrm_dist.errors import entry_point
-from dlrm_dist.teacher import Samples, Teacher, teacher_auc
+from dlrm_dist.config import load_config
+
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.errors import entry_point
+from dlrm_dist.core.teacher import Samples, Teacher, teacher_auc
 
 STREAM_BASE = 100  # day d is the teacher's stream 100 + d
 PIECE_ROWS = 1 << 18  # rows drawn and written at a time, to bound memory

@@ -4,7 +4,7 @@
 each the environment torchrun exports (MASTER_ADDR=127.0.0.1, a free
 MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) and calls
 ``fn(*args)`` in each. ``fn`` joins the process group itself (e.g.
-``dlrm_dist.distributed.init_distributed``); the helper destroys it at the end.
+``dlrm_dist.training.distributed.init_distributed``); the helper destroys it at the end.
 
 It returns only when every rank exited with code 0. Otherwise it raises
 :class:`RankFailure` carrying the failing rank's traceback (an ``assert`` in a
@@ -38,7 +38,7 @@ DEFAULT_TIMEOUT_S = 180.0
 # SIGTERM (then as long again before SIGKILL).
 _GRACE_PERIOD_S = 5.0
 # Imported once by the fork server (see _preload_forkserver); missing ones are skipped.
-_FORKSERVER_PRELOAD = ["torch", "torch.distributed", "torchrec", "torchrec.distributed", "dlrm_dist.sharding"]
+_FORKSERVER_PRELOAD = ["torch", "torch.distributed", "torchrec", "torchrec.distributed", "dlrm_dist.training.sharding"]
 _LOG_TAIL_LINES = 25
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint and resume (dlrm_dist.checkpoint): exact resume, resharding to
+"""Checkpoint and resume (dlrm_dist.training.checkpoint): exact resume, resharding to
 another world size, and never resuming from a save that did not finish.
 
 Two setups, both with LR warm-up and decay on, each trained 40 steps straight
@@ -30,8 +30,8 @@ from typing import Dict, List
 import pytest
 import torch
 
-from dlrm_dist.checkpoint import LATEST, META, CheckpointError, Checkpointer, resolve_resume
-from dlrm_dist.distributed import DistEnv
+from dlrm_dist.training.checkpoint import LATEST, META, CheckpointError, Checkpointer, resolve_resume
+from dlrm_dist.training.distributed import DistEnv
 from tests.conftest import run_cmd
 
 BASE = [

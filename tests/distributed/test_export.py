@@ -1,4 +1,4 @@
-"""Export and predict (dlrm_dist.export, dlrm_dist.predict, dlrm_dist.serving).
+"""Export and predict (dlrm_dist.serving.export, dlrm_dist.serving.predict, dlrm_dist.serving.program).
 
 One 2-rank training run on a tiny Criteo npy folder (``dlrm-dist synth`` +
 ``dlrm-dist preprocess``) with tables pinned to every sharding type that runs
@@ -35,7 +35,7 @@ from dlrm_dist.config import load_config, to_yaml
 from dlrm_dist.data.criteo import CriteoDataset, split_parts
 from dlrm_dist.data.npy_days import open_days
 from dlrm_dist.model import EBC_PATH, table_name
-from dlrm_dist.serving import serving_inputs
+from dlrm_dist.serving.program import serving_inputs
 from tests.conftest import ROOT, run_cmd
 from tests.distributed.spawn import run_on_ranks
 
@@ -95,9 +95,9 @@ def _sharded_val_probs(step: Path, run_dir: Path, out: Path) -> None:
     batches, gathered in rank order (= row order) and saved by rank 0."""
     import torch.distributed as dist
 
-    from dlrm_dist import checkpoint as ckpt
+    from dlrm_dist.training import checkpoint as ckpt
     from dlrm_dist.data.build import build_data
-    from dlrm_dist.distributed import init_distributed
+    from dlrm_dist.training.distributed import init_distributed
     from dlrm_dist.train import build_sharded_model
 
     cfg = load_config(step / "config.yaml")

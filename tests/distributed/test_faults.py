@@ -3,7 +3,7 @@
 Every case runs the shipped smoke config (sharding left to the planner) the way
 a user would, under torchrun or torchx, and acts on a rank from outside:
 SIGKILL, SIGSTOP, a full file system. Only what cannot be timed from outside
-uses the test hooks of ``dlrm_dist.faults`` (an exception in one rank, a stall
+uses the test hooks of ``dlrm_dist.training.faults`` (an exception in one rank, a stall
 inside ``dcp.save``). A recovered run must equal the uninterrupted one bit for
 bit: ``==`` on its summary, ``torch.equal`` on every tensor of its checkpoint.
 """

@@ -17,10 +17,10 @@ from typing import List
 
 import pytest
 
-from dlrm_dist import capacity as cap
-from dlrm_dist.sharding import detect_capacity
+from dlrm_dist.planner import capacity as cap
+from dlrm_dist.training.sharding import detect_capacity
 from dlrm_dist.config import load_config
-from dlrm_dist.sharding import describe_plan
+from dlrm_dist.training.sharding import describe_plan
 from tests.conftest import ROOT, run_cmd
 
 CONFIG = ROOT / "configs" / "smoke.yaml"

@@ -9,7 +9,7 @@ same weights must give, at each of two training steps,
     update in backward, or data_parallel tables by their optimizer),
   - the same Adagrad state, for the Adagrad cases,
 to 1e-5, for every sharding type, each forced on all 26 tables through
-``ShardingConfig(sharding_types=[type])`` and ``dlrm_dist.sharding.build_plan``
+``ShardingConfig(sharding_types=[type])`` and ``dlrm_dist.training.sharding.build_plan``
 (TorchRec's planner for table_wise / column_wise / data_parallel; the hand-built
 plan for row_wise / table_row_wise, which the CPU planner refuses). The second
 step checks that the forward reads the updated rows and that optimizer state
@@ -48,13 +48,15 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlrm_dist.config import SPARSE_FEATURE_NAMES, DistConfig, ModelConfig, OptimizerConfig, ShardingConfig
+from dlrm_dist.config import DistConfig, ModelConfig, OptimizerConfig, ShardingConfig
+
+from dlrm_dist.core.criteo import SPARSE_FEATURE_NAMES
 from dlrm_dist.data.batches import make_batch
-from dlrm_dist.distributed import DistEnv, init_distributed
+from dlrm_dist.training.distributed import DistEnv, init_distributed
 from dlrm_dist.model import build_model
-from dlrm_dist.optim import apply_embedding_optimizer, build_optimizer
+from dlrm_dist.training.optim import apply_embedding_optimizer, build_optimizer
 from dlrm_dist.model import EBC_PATH, table_name
-from dlrm_dist.sharding import build_plan, plan_sharding_types, shard_model
+from dlrm_dist.training.sharding import build_plan, plan_sharding_types, shard_model
 from tests.distributed.spawn import run_on_ranks
 
 WORLD_SIZE = 2

@@ -17,8 +17,8 @@ from dlrm_dist.data.build import build_data
 from dlrm_dist.prep import preprocess
 from dlrm_dist.data.criteo import build_criteo_splits
 from dlrm_dist.data.npy_days import CriteoDataError
-from dlrm_dist.prep.transforms import log1p_transform
-from dlrm_dist.distributed import DistEnv
+from dlrm_dist.core.criteo import log1p_transform
+from dlrm_dist.training.distributed import DistEnv
 
 BIG = [2**40] * 26  # tables larger than any id: no hashing
 

@@ -8,7 +8,7 @@ import pytest
 from dlrm_dist.data import multi_hot
 from dlrm_dist.data.contract import rank_slice
 from dlrm_dist.data.synthetic import SyntheticDataset
-from dlrm_dist.teacher import Teacher, teacher_auc
+from dlrm_dist.core.teacher import Teacher, teacher_auc
 
 
 def test_samples_depend_on_index_not_on_how_they_are_read():
@@ -82,7 +82,7 @@ def test_train_batches_resume_across_epochs():
     import torch
 
     from dlrm_dist.data.random_source import RandomSplit
-    from dlrm_dist.trainer import _train_batches
+    from dlrm_dist.training.trainer import _train_batches
 
     ds = RandomSplit(4, 8, [50] * 26, None, seed=1)
     whole = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, torch.device("cpu"), 3)]

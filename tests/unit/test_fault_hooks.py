@@ -1,11 +1,11 @@
-"""The test-only fault hooks (dlrm_dist.faults) are inert unless armed, fire only
+"""The test-only fault hooks (dlrm_dist.training.faults) are inert unless armed, fire only
 where asked and only in a job's first attempt; dist.timeout_s is checked."""
 
 from __future__ import annotations
 
 import pytest
 
-from dlrm_dist import faults
+from dlrm_dist.training import faults
 from dlrm_dist.config import ConfigError, load_config
 
 

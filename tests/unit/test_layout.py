@@ -105,15 +105,49 @@ def test_no_import_cycle_among_modules() -> None:
             visit(node, [node])
 
 
+TORCH_FREE = {"dlrm_dist", "dlrm_dist.config"}
+"""Outside prep: the modules offline preparation may import (with everything in core/)."""
+
+
 def test_prep_never_imports_online_code() -> None:
     """Offline preparation depends on nothing that imports torch."""
     graph = _graph()
-    torch_free = {"dlrm_dist", "dlrm_dist.config", "dlrm_dist.errors", "dlrm_dist.files", "dlrm_dist.hashing",
-                  "dlrm_dist.teacher", "dlrm_dist.units", "dlrm_dist.criteo_facts"}
     for name, deps in graph.items():
         if name.startswith("dlrm_dist.prep"):
-            bad = {d for d in deps if not d.startswith("dlrm_dist.prep") and d not in torch_free}
+            bad = {d for d in deps if not d.startswith(("dlrm_dist.prep", "dlrm_dist.core")) and d not in TORCH_FREE}
             assert not bad, f"{name} imports {bad}"
+        if name.startswith("dlrm_dist.core"):  # the ground floor stands on nothing above it
+            bad = {d for d in deps if not d.startswith("dlrm_dist.core") and d != "dlrm_dist"}
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_no_arrow_from_online_code_into_prep() -> None:
+    """Online code (data, training, model, planner, serving) takes schema facts from
+    core/, never from the offline preparation: the house's arrows point one way.
+    Only the CLI (which dispatches to ``prep``'s commands by name) may name it."""
+    graph = _graph()
+    for name, deps in graph.items():
+        if not name.startswith("dlrm_dist.prep") and name != "dlrm_dist.cli":
+            into_prep = {d for d in deps if d.startswith("dlrm_dist.prep")}
+            assert not into_prep, f"{name} imports {into_prep}"
+
+
+def test_every_folder_with_python_is_a_package_setup_finds() -> None:
+    """A folder without ``__init__.py`` is left out of the wheel by ``find_packages``
+    (``dlrm_dist/prep`` once was): every folder of the package must be found."""
+    from setuptools import find_packages
+
+    found = set(find_packages(str(ROOT), include=["dlrm_dist", "dlrm_dist.*"]))
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert folders <= found, f"folders with Python files that are not packages: {sorted(folders - found)}"
+
+
+def test_the_top_level_lists_the_wings() -> None:
+    """``ls dlrm_dist`` is a picture of the architecture: a few entry modules and the rooms."""
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    rooms = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    assert modules == ["__init__.py", "cli.py", "config.py", "train.py"]
+    assert rooms == ["core", "data", "model", "planner", "prep", "serving", "training"]
 
 
 def test_a_wrong_data_path_is_one_line_and_exit_2_before_anything_else(tmp_path: Path) -> None:
@@ -141,7 +175,7 @@ def test_table_names_and_the_collection_path_are_the_models_own() -> None:
 
 
 def test_a_checkpoint_of_other_tables_is_refused_not_unpinned() -> None:
-    from dlrm_dist.checkpoint import CheckpointError, pin_sharding_types
+    from dlrm_dist.training.checkpoint import CheckpointError, pin_sharding_types
     from dlrm_dist.config import ShardingConfig
     from dlrm_dist.model import table_name
 
@@ -155,7 +189,7 @@ def test_numpy_auroc_matches_torchmetrics() -> None:
     import torch
     from torchmetrics.functional.classification import binary_auroc
 
-    from dlrm_dist.teacher import auroc
+    from dlrm_dist.core.teacher import auroc
 
     rng = np.random.default_rng(0)
     scores = np.round(rng.normal(size=5000), 1)  # many ties

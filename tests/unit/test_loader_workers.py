@@ -20,7 +20,7 @@ from dlrm_dist.data import multi_hot
 from dlrm_dist.data.batches import BatchSpec, RawBatch, make_batch
 from dlrm_dist.data.build import build_data
 from dlrm_dist.data.loader import make_loader
-from dlrm_dist.distributed import DistEnv
+from dlrm_dist.training.distributed import DistEnv
 
 CPU = torch.device("cpu")
 TABLES = [50 + 7 * f for f in range(26)]

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from dlrm_dist.config import MetricsConfig
-from dlrm_dist.distributed import DistEnv
-from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
+from dlrm_dist.training.distributed import DistEnv
+from dlrm_dist.training.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
 
 
 def _pairwise_auc(scores, labels) -> float:

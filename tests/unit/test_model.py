@@ -29,7 +29,7 @@ def test_dense_parameter_counts_match_mlperf():
 
 def test_forward_shapes_on_cpu():
     from dlrm_dist.data.synthetic import SyntheticDataset
-    from dlrm_dist.teacher import Teacher
+    from dlrm_dist.core.teacher import Teacher
 
     cfg = load_config(ROOT / "configs/smoke.yaml", ["model.num_embeddings=50"])
     model = build_model(cfg.model, torch.device("cpu"), sparse_device="cpu")

@@ -1,7 +1,7 @@
 """MLPerf's LR schedule: linear warm-up, then polynomial decay to a floor."""
 
 from dlrm_dist.config import ScheduleConfig
-from dlrm_dist.optim import lr_factor
+from dlrm_dist.training.optim import lr_factor
 
 
 def test_warmup_then_quadratic_decay():

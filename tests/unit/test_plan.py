@@ -15,11 +15,12 @@ from typing import List
 import pytest
 import torch
 
-from dlrm_dist import capacity as cap
-from dlrm_dist import criteo_facts as facts
-from dlrm_dist import plan
+from dlrm_dist.planner import capacity as cap
+from dlrm_dist.core import criteo
+from dlrm_dist.planner import preprocess_cost
+from dlrm_dist.planner import plan
 from dlrm_dist.config import load_config
-from dlrm_dist.errors import CapacityError
+from dlrm_dist.core.errors import CapacityError
 from dlrm_dist.model.dlrm import build_model, dense_parameter_count
 
 TB_SIZES = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
@@ -95,14 +96,14 @@ def test_dense_parameter_counts(cfgs: dict, interaction: str, low: float, high: 
 
 
 def test_preprocessing_disk() -> None:
-    tb = facts.preprocess_estimate("criteo_1tb", 24, 40_000_000)
+    tb = preprocess_cost.preprocess_estimate("criteo_1tb", 24, 40_000_000)
     assert (tb.rows, tb.bytes_per_row) == (4_195_197_692 + 178_274_637, 13 * 4 + 26 * 4 + 4)
     assert tb.disk_bytes == tb.rows * 160
-    assert facts.preprocess_estimate("criteo_1tb", 24, 0).bytes_per_row == 13 * 4 + 26 * 8 + 4  # raw 32-bit hashes
-    kaggle = facts.preprocess_estimate("criteo_kaggle", 7, 10_131_227)
+    assert preprocess_cost.preprocess_estimate("criteo_1tb", 24, 0).bytes_per_row == 13 * 4 + 26 * 8 + 4  # raw 32-bit hashes
+    kaggle = preprocess_cost.preprocess_estimate("criteo_kaggle", 7, 10_131_227)
     assert kaggle.rows == 45_840_617 and kaggle.worker_ram_bytes < 10**9
     with pytest.raises(ValueError, match="days"):
-        facts.preprocess_estimate("criteo_kaggle", 8, 1000)
+        preprocess_cost.preprocess_estimate("criteo_kaggle", 8, 1000)
 
 
 def test_smallest_fitting_bisects() -> None:

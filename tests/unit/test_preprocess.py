@@ -20,7 +20,7 @@ from dlrm_dist.prep import preprocess
 from dlrm_dist.data.batches import dense_transform
 from dlrm_dist.prep.criteo_tsv import ParseSpec, check_line, parse_block
 from dlrm_dist.prep.npy_stream import NpyStreamWriter
-from dlrm_dist.prep.transforms import log_plus3_transform
+from dlrm_dist.core.criteo import log_plus3_transform
 
 REPO = Path(__file__).resolve().parents[2]
 

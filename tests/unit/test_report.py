@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dlrm_dist import report
+from dlrm_dist.training import report
 
 
 def _run(folder: Path, auc: float, finished: bool = True) -> Path:

@@ -12,7 +12,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from criteo_text import reference_parse
 from dlrm_dist.prep import preprocess, synth_tsv
-from dlrm_dist.teacher import Teacher
+from dlrm_dist.core.teacher import Teacher
 
 LINE = re.compile(r"[01](\t-?\d+){13}(\t[0-9a-f]{8}){26}")
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from dlrm_dist.config import DistConfig
-from dlrm_dist.distributed import cpu_threads
+from dlrm_dist.training.distributed import cpu_threads
 
 
 def test_default_is_an_equal_share_of_this_process_cores(monkeypatch: pytest.MonkeyPatch):

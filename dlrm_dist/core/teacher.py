@@ -33,9 +33,9 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
-from dlrm_dist.hashing import normal
-from dlrm_dist.prep.transforms import log1p_transform as dense_transform
+from dlrm_dist.core.hashing import normal
+from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.criteo import log1p_transform as dense_transform
 
 CHUNK = 4096
 LATENT_DIM = 4

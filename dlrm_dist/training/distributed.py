@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from dlrm_dist.config import DistConfig
-from dlrm_dist.errors import UserError
+from dlrm_dist.core.errors import UserError
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ in-flight batch), an eval pipeline runs over the split, and ``attach`` hands
 the model back. Every rank runs the same number of batches in both, since
 each data split gives every rank the same number of full batches.
 
-Checkpoints (``dlrm_dist.checkpoint``) are saved between steps the same way,
+Checkpoints (``dlrm_dist.training.checkpoint``) are saved between steps the same way,
 with the pipeline detached. A resumed run starts with the saved ``TrainState``
 and asks the training data for the batches from that step on.
 """
@@ -41,17 +41,17 @@ from torchrec.distributed.train_pipeline import (
 from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSemiSync
 from tqdm import tqdm
 
-from dlrm_dist import faults
+from dlrm_dist.training import faults
 from dlrm_dist.config import ConfigError, MetricsConfig, TrainConfig
 from dlrm_dist.data.contract import DataSplits, ResumableSplit
 from dlrm_dist.data.loader import make_loader
-from dlrm_dist.distributed import DistEnv
-from dlrm_dist.errors import UserError
-from dlrm_dist.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
-from dlrm_dist.profiling import StepProfiler
+from dlrm_dist.training.distributed import DistEnv
+from dlrm_dist.core.errors import UserError
+from dlrm_dist.training.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
+from dlrm_dist.training.profiling import StepProfiler
 
 if TYPE_CHECKING:
-    from dlrm_dist.checkpoint import Checkpointer
+    from dlrm_dist.training.checkpoint import Checkpointer
 
 logger = logging.getLogger(__name__)
 

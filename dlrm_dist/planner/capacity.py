@@ -11,7 +11,7 @@ at the configured batch, data-loader batches and the process itself.
 Training calls :func:`check_host_memory` before it allocates anything, so a job
 that cannot fit stops with a message instead of being killed by the OOM killer.
 
-All sizes are bytes (``dlrm_dist.units``: GiB = 2**30, GB = 10**9).
+All sizes are bytes (``dlrm_dist.core.units``: GiB = 2**30, GB = 10**9).
 """
 
 from __future__ import annotations
@@ -34,15 +34,13 @@ from torchrec.distributed.planner.types import (
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ShardingPlan, StorageUsageType, compute_storage_usage
 
-from dlrm_dist.config import (
-    NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, Config, DataConfig, MetricsConfig, ModelConfig, OptimizerConfig,
-)
-from dlrm_dist.criteo_facts import DATASET_ROWS, infer_dataset
-from dlrm_dist.errors import CapacityError
+from dlrm_dist.config import Config, DataConfig, MetricsConfig, ModelConfig, OptimizerConfig
+from dlrm_dist.core.criteo import DATASET_ROWS, NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, infer_dataset
+from dlrm_dist.core.errors import CapacityError
 from dlrm_dist.model import build_model, dense_parameter_count, embedding_bag_collection
-from dlrm_dist.optim import apply_embedding_optimizer, embedding_optimizer_class
-from dlrm_dist.sharding import build_planner, build_topology, detect_capacity, input_pooling_factors
-from dlrm_dist.units import GiB
+from dlrm_dist.training.optim import apply_embedding_optimizer, embedding_optimizer_class
+from dlrm_dist.training.sharding import build_planner, build_topology, detect_capacity, input_pooling_factors
+from dlrm_dist.core.units import GiB
 
 FP32 = 4
 

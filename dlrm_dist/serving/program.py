@@ -32,9 +32,11 @@ import yaml
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlrm_dist.config import SPARSE_FEATURE_NAMES, Config, ConfigError, parse_config, to_yaml
-from dlrm_dist.errors import UserError
-from dlrm_dist.files import atomic_path
+from dlrm_dist.config import Config, ConfigError, parse_config, to_yaml
+
+from dlrm_dist.core.criteo import SPARSE_FEATURE_NAMES
+from dlrm_dist.core.errors import UserError
+from dlrm_dist.core.files import atomic_path
 
 FORMAT = "dlrm_dist.exported_model"
 VERSION = 1

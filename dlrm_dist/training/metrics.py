@@ -26,8 +26,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from dlrm_dist.config import MetricsConfig
-from dlrm_dist.distributed import DistEnv
-from dlrm_dist.files import write_text_atomic
+from dlrm_dist.training.distributed import DistEnv
+from dlrm_dist.core.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ multi-hot expanded), so a row is scored exactly as evaluation saw it.
 Unlike distributed evaluation, which drops the tail that does not fill a batch
 on every rank, predict scores every row of the split: ``preds.npy`` holds one
 float32 probability per row, in row order. AUC and logloss (the definitions of
-``dlrm_dist.metrics.EvalMetrics``, exact AUROC unless the config bins it) are
+``dlrm_dist.training.metrics.EvalMetrics``, exact AUROC unless the config bins it) are
 printed; the batch size defaults to the run's evaluation batch size.
 """
 
@@ -29,10 +29,10 @@ import torch
 
 from dlrm_dist.data.criteo import CriteoDataset, split_parts
 from dlrm_dist.data.npy_days import open_days
-from dlrm_dist.errors import entry_point
-from dlrm_dist.files import atomic_path
-from dlrm_dist.metrics import EvalMetrics
-from dlrm_dist.serving import ExportedModel, load_model_file
+from dlrm_dist.core.errors import entry_point
+from dlrm_dist.core.files import atomic_path
+from dlrm_dist.training.metrics import EvalMetrics
+from dlrm_dist.serving.program import ExportedModel, load_model_file
 
 
 def predict(exported: ExportedModel, data: Path, split: str, batch_size: int = 0) -> Dict[str, Any]:

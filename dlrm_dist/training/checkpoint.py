@@ -63,13 +63,13 @@ from torch.distributed.checkpoint.api import CheckpointException
 import yaml
 from torch import nn
 
-from dlrm_dist import faults
+from dlrm_dist.training import faults
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
-from dlrm_dist.distributed import DistEnv, broadcast_object, collectively, first_error
-from dlrm_dist.errors import UserError
-from dlrm_dist.files import write_text_atomic
+from dlrm_dist.training.distributed import DistEnv, broadcast_object, collectively, first_error
+from dlrm_dist.core.errors import UserError
+from dlrm_dist.core.files import write_text_atomic
 from dlrm_dist.model import feature_name
-from dlrm_dist.sharding import plan_sharding_types
+from dlrm_dist.training.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
 

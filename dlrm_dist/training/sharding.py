@@ -8,7 +8,7 @@ data_parallel ...), a compute kernel and the ranks that hold it, from a
 EmbeddingBagCollection accordingly (its forward performs the input and pooled-
 embedding all-to-alls) and wraps the rest of the model (the MLPs) in DDP.
 
-The capacity planner (``dlrm_dist.plan``) calls the same ``build_topology`` and
+The capacity planner (``dlrm_dist.planner.plan``) calls the same ``build_topology`` and
 ``build_constraints`` for clusters it does not have, so training and planning
 never disagree about memory.
 """
@@ -39,10 +39,12 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
-from dlrm_dist.config import SPARSE_FEATURE_NAMES, DataConfig, ShardingConfig
-from dlrm_dist.distributed import DistEnv
+from dlrm_dist.config import DataConfig, ShardingConfig
+
+from dlrm_dist.core.criteo import SPARSE_FEATURE_NAMES
+from dlrm_dist.training.distributed import DistEnv
 from dlrm_dist.model import EBC_PATH, embedding_bag_collection, table_name
-from dlrm_dist.units import GiB
+from dlrm_dist.core.units import GiB
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ CPU_PLANNER_TYPES = {"data_parallel", "table_wise", "column_wise", "table_column
 def detect_capacity(cfg: ShardingConfig, compute_device: str, local_world_size: int) -> tuple[int, int]:
     """(HBM, DDR) bytes per rank: the config's figures (GiB), else what this host has:
     the current GPU's memory, and the host's RAM shared by its ranks. Training's plan
-    and its start-up memory check (``dlrm_dist.capacity``) both ask here."""
+    and its start-up memory check (``dlrm_dist.planner.capacity``) both ask here."""
     if cfg.hbm_gb is not None:
         hbm = int(cfg.hbm_gb * GiB)
     elif compute_device == "cuda":
@@ -129,7 +131,7 @@ def build_planner(
     with warnings.catch_warnings():
         # TorchRec warns that this reservation over-estimates the dense part in dry
         # runs (meta tensors). Kept on purpose: the error is on the safe side, and
-        # dlrm_dist.capacity reports what it reserved beside our own dense estimate.
+        # dlrm_dist.planner.capacity reports what it reserved beside our own dense estimate.
         warnings.filterwarnings("ignore", message="HeuristicalStorageReservation", category=FutureWarning)
         reservation = HeuristicalStorageReservation(percentage=cfg.storage_reservation)
     return EmbeddingShardingPlanner(

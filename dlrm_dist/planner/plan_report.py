@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from dlrm_dist.units import GB, GiB
+from dlrm_dist.core.units import GB, GiB
 
 @dataclass
 class Estimate:

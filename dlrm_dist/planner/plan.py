@@ -6,7 +6,7 @@
 
 It runs TorchRec's sharding planner as a dry run for the cluster described (on
 any host: the model is on the meta device), then adds up per rank and per host
-what the planner does not model (see ``dlrm_dist.capacity``). Capacities are
+what the planner does not model (see ``dlrm_dist.planner.capacity``). Capacities are
 GiB (2**30 bytes), like ``sharding.hbm_gb``: pass what nvidia-smi / free show.
 
 The job fits when the planner finds a plan, every rank's HBM total is within
@@ -31,12 +31,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
-from dlrm_dist import capacity as cap
-from dlrm_dist import criteo_facts as facts
+from dlrm_dist.planner import capacity as cap
+from dlrm_dist.core import criteo
+from dlrm_dist.planner import preprocess_cost
 from dlrm_dist.config import Config, apply_overrides, load_config
-from dlrm_dist.errors import entry_point
-from dlrm_dist.plan_report import Estimate, format_report
-from dlrm_dist.units import GiB
+from dlrm_dist.core.errors import entry_point
+from dlrm_dist.planner.plan_report import Estimate, format_report
+from dlrm_dist.core.units import GiB
 
 MAX_GPUS = 512
 
@@ -142,9 +143,9 @@ def estimate(job: Job, cluster: Cluster) -> Estimate:
     run = cap.run_planner(cfg, model, world, g, cluster.device, hbm, ddr)
     ranks = cap.rank_memory(cfg, model, run, world, cluster.device) if run.error is None else []
     slowest = max((sum(r.perf_ms.values()) for r in ranks), default=None)
-    dataset = job.dataset or facts.infer_dataset(cfg.model.table_sizes())
-    days = job.days or len(facts.DATASET_ROWS[dataset])
-    pre = facts.preprocess_estimate(dataset, days, max(cfg.model.table_sizes()))
+    dataset = job.dataset or criteo.infer_dataset(cfg.model.table_sizes())
+    days = job.days or len(criteo.DATASET_ROWS[dataset])
+    pre = preprocess_cost.preprocess_estimate(dataset, days, max(cfg.model.table_sizes()))
     est = Estimate(
         config=job.config_path, overrides=list(job.overrides), nodes=cluster.nodes, gpus_per_node=g,
         world_size=world, compute_device=cluster.device, hbm_per_rank=hbm, host_ram_per_node=host_ram,
@@ -269,7 +270,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="compute device of the ranks")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes, ms)")
     p.add_argument("--min-gpus", action="store_true", help="find the smallest GPU count (multiple of --gpus-per-node) that fits")
-    p.add_argument("--dataset", choices=sorted(facts.DATASET_ROWS), help="for the preprocessing estimate (default: from table sizes)")
+    p.add_argument("--dataset", choices=sorted(criteo.DATASET_ROWS), help="for the preprocessing estimate (default: from table sizes)")
     p.add_argument("--days", type=int, default=0, help="days to preprocess (default: all)")
     p.add_argument("--verbose", action="store_true", help="keep TorchRec's planner logs")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")

@@ -1,35 +1,23 @@
-"""Sizes of the Criteo datasets and what preprocessing them costs on disk and in RAM.
+"""What preprocessing the Criteo datasets costs on disk and in RAM.
 
-Facts, not estimates: row counts of the published datasets, and the npy layout
-``dlrm-dist preprocess`` writes (per row 13 float32 dense features, 26 ids,
-an int32 label). The capacity planner reports them beside the training plan.
+Facts, not estimates: row counts of the published datasets (``core.criteo``),
+and the npy layout ``dlrm-dist preprocess`` writes (per row 13 float32 dense
+features, 26 ids, an int32 label). The capacity planner reports them beside the
+training plan.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
 
-from dlrm_dist.config import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.criteo import DATASET_ROWS, NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from dlrm_dist.core.units import MiB
 
-PREPROCESS_WORKER_BYTES = 512 * 1024**2
+PREPROCESS_WORKER_BYTES = 512 * MiB
 """RAM of one ``dlrm-dist preprocess`` worker: it parses ~16 MB text blocks
 (--block-mb) into arrays ~10x that size and appends them to the outputs, so it
 holds a few blocks, never a day: ~160 MB of arrays plus an interpreter with numpy
 and pyarrow (~250 MB). Target: under 1 GB per worker."""
-DATASET_ROWS = {
-    # Criteo 1TB: days 0-22 hold 4,195,197,692 training rows; day 23 (178,274,637)
-    # is split into validation and test halves.
-    "criteo_1tb": [4_195_197_692 / 23] * 23 + [178_274_637],
-    # Kaggle Display Advertising Challenge train.txt, split into 7 days by preprocess.
-    "criteo_kaggle": [45_840_617 / 7] * 7,
-}
-KAGGLE_LARGEST_TABLE = 10_131_227
-"""Kaggle's biggest table (C3); configs with a bigger one are Terabyte configs."""
-
-
-def infer_dataset(table_sizes: List[int]) -> str:
-    return "criteo_1tb" if max(table_sizes) > KAGGLE_LARGEST_TABLE else "criteo_kaggle"
 
 
 @dataclass

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from dlrm_dist.errors import UserError, entry_point
+from dlrm_dist.core.errors import UserError, entry_point
 
 COLUMNS = [  # (summary key, header, format)
     ("val_auc", "val AUC", "{:.4f}"),

@@ -40,11 +40,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 
-from dlrm_dist.checkpoint import CONFIG, LATEST, META, MODEL_KEY, CheckpointError, latest_checkpoint, read_meta
+from dlrm_dist.training.checkpoint import CONFIG, LATEST, META, MODEL_KEY, CheckpointError, latest_checkpoint, read_meta
 from dlrm_dist.config import Config, ConfigError, load_config
-from dlrm_dist.errors import entry_point
+from dlrm_dist.core.errors import entry_point
 from dlrm_dist.model import EBC_PATH, build_model, embedding_bag_collection
-from dlrm_dist.serving import ExportedModel, export_program, program_example, save_model_file
+from dlrm_dist.serving.program import ExportedModel, export_program, program_example, save_model_file
 
 DTYPES = {"fp16": torch.float16, "int8": torch.qint8}  # fp32: no quantization
 

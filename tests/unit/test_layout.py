@@ -147,7 +147,7 @@ def test_the_top_level_lists_the_wings() -> None:
     modules = sorted(p.name for p in PACKAGE.glob("*.py"))
     rooms = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
     assert modules == ["__init__.py", "cli.py", "config.py", "train.py"]
-    assert rooms == ["core", "data", "model", "planner", "prep", "serving", "training"]
+    assert rooms == ["core", "data", "hardware", "model", "planner", "prep", "serving", "training"]
 
 
 def test_a_wrong_data_path_is_one_line_and_exit_2_before_anything_else(tmp_path: Path) -> None:

@@ -45,29 +45,28 @@ sys.path.insert(0, str(ROOT))
 
 
 def _build(cfg, env, run_dir: Path):
+    """A fresh run, built by the recipe training uses (``build_run``)."""
     import torch
 
-    from dlrm_dist.data.build import build_data
-    from dlrm_dist.train import build_sharded_model
+    from dlrm_dist.training.recipe import build_run
 
-    data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)
-    dmp, _plan, optimizer, lr = build_sharded_model(cfg, cfg.sharding, env, run_dir)
+    run = build_run(cfg, env, run_dir)
     torch.manual_seed(0)
-    return data, dmp, optimizer, lr
+    return run
 
 
-def bare_seconds(cfg, env, run_dir: Path, loader, warmup: int) -> float:
+def bare_seconds(cfg, env, run_dir: Path, warmup: int) -> float:
     """Seconds per step of a bare TrainPipelineSparseDist loop, after ``warmup`` steps."""
     import itertools
 
     import torch.distributed as dist
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-    data, dmp, optimizer, _lr = _build(cfg, env, run_dir)
-    pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
-    data.train.set_epoch(0)
-    batches = itertools.islice(iter(loader(data.train)), cfg.train.max_steps)
-    dmp.train()
+    run = _build(cfg, env, run_dir)
+    pipeline = TrainPipelineSparseDist(run.model, run.optimizer, env.device, execute_all_batches=True)
+    run.data.train.set_epoch(0)
+    batches = itertools.islice(iter(run.loader(run.data.train)), cfg.train.max_steps)
+    run.model.train()
     dist.barrier()
     done = []  # wall time after each step, as the trainer's log events are stamped
     while True:
@@ -79,25 +78,21 @@ def bare_seconds(cfg, env, run_dir: Path, loader, warmup: int) -> float:
     return (done[-1] - done[warmup - 1]) / (len(done) - warmup)
 
 
-def trainer_seconds(cfg, env, run_dir: Path, loader, warmup: int,
+def trainer_seconds(cfg, env, run_dir: Path, warmup: int,
                     profile: Optional[Path] = None) -> Tuple[float, float]:
     """Seconds per step of ``Trainer.fit`` after ``warmup`` steps (between its log events
     at step ``warmup`` = ``metrics.log_every`` and the last step), and of those the
     seconds outside ``pipeline.progress``: the loop's own work."""
     import contextlib
-    import inspect
 
     import torch
     import torch.distributed as dist
 
     from dlrm_dist.training.metrics import MetricsSink
-    from dlrm_dist.training.trainer import Trainer
 
-    data, dmp, optimizer, lr = _build(cfg, env, run_dir)
-    sink = MetricsSink(run_dir, env, cfg.metrics)
-    # (older Trainers, e.g. the one before issue 9 measured for comparison, take no loader)
-    takes_loader = "loader" in inspect.signature(Trainer).parameters
-    trainer = Trainer(dmp, optimizer, lr, env, cfg.train, cfg.metrics, sink, **({"loader": loader} if takes_loader else {}))
+    run = _build(cfg, env, run_dir)
+    sink = MetricsSink(run.run_dir, env, cfg.metrics)
+    trainer = run.trainer(sink)
     # time inside pipeline.progress, so the loop's own time per step can be told apart
     # from the step's even on a loaded machine (a wrapper on this instance only)
     inside: List[float] = []
@@ -114,7 +109,7 @@ def trainer_seconds(cfg, env, run_dir: Path, loader, warmup: int,
     dist.barrier()
     prof = torch.profiler.profile() if profile else contextlib.nullcontext()
     with prof:
-        summary = trainer.fit(data)
+        summary = trainer.fit(run.data)
     sink.close()
     if profile and env.is_main:
         profile.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
@@ -129,30 +124,25 @@ def trainer_seconds(cfg, env, run_dir: Path, loader, warmup: int,
 
 def child(args: argparse.Namespace) -> None:
     """One rank (under torchrun): alternate bare and trainer runs; rank 0 writes JSON."""
-    import functools
-
     from dlrm_dist.config import load_config
-    from dlrm_dist.data.loader import make_loader
     from dlrm_dist.training.distributed import init_distributed, teardown
 
     cfg = load_config(args.config, args.overrides)
     env = init_distributed(cfg.dist)
-    workers = {"num_workers": cfg.data.num_workers} if hasattr(cfg.data, "num_workers") else {}
-    loader = functools.partial(make_loader, device=env.device, **workers)
     runs: Dict[str, List[float]] = {"bare": [], "trainer": [], "trainer_own": []}
     warmup = cfg.metrics.log_every
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            runs["bare"].append(bare_seconds(cfg, env, Path(tmp), loader, warmup))
+            runs["bare"].append(bare_seconds(cfg, env, Path(tmp) / f"bare{i}", warmup))
             run_dir = Path(tmp) / f"trainer{i}"
             run_dir.mkdir()
-            per_step, own = trainer_seconds(cfg, env, run_dir, loader, warmup)
+            per_step, own = trainer_seconds(cfg, env, run_dir, warmup)
             runs["trainer"].append(per_step)
             runs["trainer_own"].append(own)
         if args.profile:
             run_dir = Path(tmp) / "profiled"
             run_dir.mkdir()
-            trainer_seconds(cfg, env, run_dir, loader, warmup, Path(args.child_out).with_suffix(".profile.txt"))
+            trainer_seconds(cfg, env, run_dir, warmup, Path(args.child_out).with_suffix(".profile.txt"))
     if env.is_main:
         Path(args.child_out).write_text(json.dumps(runs))
     teardown(True)

@@ -126,6 +126,7 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> Dict[str, Any]:
         "plan": json.loads((run_dir / "plan.json").read_text()),
         "threads_per_rank": [r["threads"] for r in ranks],
         "cpu_per_wall_s_per_rank": [r["cpu_per_wall_s"] for r in ranks],
+        "loader_workers_per_rank": [r["loader_workers_seen"] for r in ranks],
         "peak_rss_bytes_per_rank": [r["peak_rss_bytes"] for r in ranks],
         "wall_s": time.perf_counter() - start,
     }

@@ -3,8 +3,9 @@
     torchrun --nproc_per_node=N benchmarks/throughput_rank.py --config C --run-dir D
         --window-steps W --windows K --warmup-steps S [section.key=value ...]
 
-It trains with the real pieces of ``dlrm_dist.train`` (plan, DMP, fused
-optimizer, the configured train pipeline, ``Trainer.fit``) for S + K*W steps,
+It trains what ``dlrm_dist.train`` trains, built by the same ``build_run``
+(plan, DMP, fused optimizer, the loader with ``data.num_workers`` workers, the
+configured train pipeline, ``Trainer.fit``) for S + K*W steps,
 logging every W steps: the log's all-reduce lines the ranks up, so the time
 between two log events is one timed window. Then, in the same process and
 with the same threads, every rank measures its ceilings (``ceiling.measure``)
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -29,20 +31,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ceiling.py beside th
 import ceiling  # noqa: E402
 
 from dlrm_dist.config import load_config  # noqa: E402
-from dlrm_dist.data.build import build_data  # noqa: E402
 from dlrm_dist.training.distributed import init_distributed  # noqa: E402
 from dlrm_dist.training.metrics import MetricsSink, peak_rss_bytes  # noqa: E402
-from dlrm_dist.train import build_sharded_model, make_run_dir, setup_logging  # noqa: E402
-from dlrm_dist.training.trainer import Trainer  # noqa: E402
+from dlrm_dist.training.recipe import build_run, setup_logging  # noqa: E402
 
 
 class CpuClockSink(MetricsSink):
     """Train events also carry this process's CPU-seconds (``cpu_s``), so a window's
-    rate can be expressed per CPU-second too: robust on a machine others share."""
+    rate can be expressed per CPU-second too: robust on a machine others share. It
+    also counts the processes this rank has started (its DataLoader workers) at each
+    log event: the record shows what fed the step."""
+
+    loader_workers = 0
 
     def event(self, kind, step, values):  # noqa: ANN001, ANN201
         if kind == "train":
             values = {**values, "cpu_s": time.process_time()}
+            self.loader_workers = max(self.loader_workers, len(psutil.Process().children()))
         super().event(kind, step, values)
 
 
@@ -74,31 +79,32 @@ def main() -> int:
         f"train.max_steps={steps}", f"metrics.log_every={args.window_steps}", "metrics.progress_bar=false",
         f"data.train_samples={steps * samples}", f"data.val_samples={samples}", f"data.test_samples={samples}",
         "train.eval_every=0", "train.checkpoint_every=0", "train.checkpoint_at_end=false",
+        "dist.check_host_memory=false",  # measured, not guarded: as before the shared recipe
     ])
     if args.warmup_steps % args.window_steps:
         raise SystemExit("throughput_rank: --warmup-steps must be a multiple of --window-steps")
 
     env = init_distributed(cfg.dist)
     setup_logging(env.rank)
-    run_dir = make_run_dir(args.run_dir, args.config, env)
-    dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, cfg.sharding, env, run_dir)
-    data = build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env)
+    run = build_run(cfg, env, args.run_dir, args.config)
+    run_dir, plan = run.run_dir, run.plan
     sink = CpuClockSink(run_dir, env, cfg.metrics)
     wall, cpu = time.perf_counter(), time.process_time()
-    summary = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink).fit(data)
+    summary = run.trainer(sink).fit(run.data)
     # CPU-seconds this rank got per second of training (all its threads): below its
     # thread count means it waited - on peers, on communication, or for a core the
     # machine's other work held.
     cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
     sink.close()
     rss = peak_rss_bytes()
-    del dmp, optimizer, data  # free the tables before timing the ceilings
+    del run  # free the tables before timing the ceilings
 
     dist.barrier()  # all ranks measure together, sharing the machine as in training
     ceil = ceiling.measure(cfg.model, cfg.optim, cfg.data.multi_hot_sizes, cfg.train.batch_size,
                            env.device, min_run_time=args.ceiling_seconds)
     record = {"rank": env.rank, "ceiling": ceil.to_dict(), "peak_rss_bytes": rss, "cpu_per_wall_s": cpu_per_wall,
-              "threads": torch.get_num_threads(), "steps": summary["steps"]}
+              "threads": torch.get_num_threads(), "steps": summary["steps"],
+              "data_num_workers": cfg.data.num_workers, "loader_workers_seen": sink.loader_workers}
     (run_dir / f"rank{env.rank}.json").write_text(json.dumps(record, indent=2) + "\n")
     if env.is_main:
         (run_dir / "plan.json").write_text(json.dumps(plan_table(plan), indent=2) + "\n")

@@ -1,10 +1,9 @@
-"""``python -m dlrm_dist.train`` / ``dlrm-dist train``: the whole recipe, top to bottom.
+"""``python -m dlrm_dist.train`` / ``dlrm-dist train``: one rank of the job.
 
-config -> DistEnv -> data (checked first: a wrong path fails in a second) ->
-run dir -> model (tables on meta) -> fused embedding optimizer -> sharding plan
--> DistributedModelParallel -> dense optimizer + LR schedule -> [checkpoint
-loaded] -> Trainer -> summary.json. One process when
-started by hand; one rank of the job under torchrun or torchx
+config (checked before torch is imported) -> DistEnv -> ``build_run`` (data,
+run dir, plan, DistributedModelParallel, optimizers, checkpoint, loader: see
+``dlrm_dist.training.recipe``) -> ``Trainer.fit`` -> summary.json. One process
+when started by hand; one rank of the job under torchrun or torchx
 (``dist.ddp -m dlrm_dist.train``).
 """
 
@@ -12,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import functools
 import gc
 import logging
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from dlrm_dist.config import Config, load_config, to_yaml
+from dlrm_dist.config import Config, load_config
 from dlrm_dist.core.errors import UserError, report
 
 if TYPE_CHECKING:
-    from dlrm_dist.config import ShardingConfig
     from dlrm_dist.training.distributed import DistEnv
 
 # The config is checked before anything heavy is imported, so a typo in it is
@@ -36,78 +31,15 @@ logger = logging.getLogger("dlrm_dist")
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dlrm-dist train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--config", required=True, help="YAML config: a path, or a shipped name (smoke, criteo_kaggle, criteo_1tb, mlperf_dcnv2)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<config>-<time>)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=512")
     return p.parse_args(argv)
 
 
-def setup_logging(rank: int) -> None:
-    logging.basicConfig(
-        level=logging.WARNING,  # TorchRec's and FBGEMM's INFO chatter drowns ours
-        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
-    logging.getLogger("dlrm_dist").setLevel(logging.INFO)
-    # Its dry-run dense-size caveat is known and accepted (see sharding.build_planner).
-    logging.getLogger("torchrec.distributed.planner.storage_reservations").setLevel(logging.ERROR)
-
-
-def make_run_dir(arg: Optional[str], config_path: str, env: "DistEnv", resuming: bool = False) -> Path:
-    import torch.distributed as dist
-
-    from dlrm_dist.training.distributed import broadcast_object
-
-    default = f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(broadcast_object(arg or default, env))  # rank 0's clock decides
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # A rerun must not look finished; a resumed one appends to its metrics.
-        for stale in ("summary.json",) + (() if resuming else ("metrics.jsonl",)):
-            (run_dir / stale).unlink(missing_ok=True)
-    dist.barrier()
-    return run_dir
-
-
-def check_memory(cfg: Config, env: "DistEnv") -> None:
-    """One rank per host (local rank 0) compares the plan's host-memory need with
-    what is free there; a shortfall on any host stops every rank with its message."""
-    from dlrm_dist.planner.capacity import check_host_memory
-    from dlrm_dist.training.distributed import collectively
-
-    def check() -> None:
-        if env.local_rank == 0:
-            needed, available = check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
-            logger.info("host memory check on %s: %d rank(s) need %.2f GiB, %.2f GiB available",
-                        socket.gethostname(), env.local_world_size, needed / 2**30, available / 2**30)
-
-    collectively(check, env)
-
-
-def build_sharded_model(cfg: Config, sharding_cfg: "ShardingConfig", env: "DistEnv", run_dir: Path):
-    """Model on meta -> fused embedding optimizer -> plan -> DMP -> dense optimizer + LR."""
-    import torch
-
-    from dlrm_dist.model import build_model
-    from dlrm_dist.training.optim import apply_embedding_optimizer, build_lr_scheduler, build_optimizer
-    from dlrm_dist.training.sharding import build_plan, describe_plan, input_pooling_factors, shard_model
-
-    torch.manual_seed(cfg.train.seed)  # same dense init everywhere; DDP broadcasts rank 0's too
-    model = build_model(cfg.model, env.device)
-    apply_embedding_optimizer(model, cfg.optim.embedding)
-    plan = build_plan(model, sharding_cfg, env, cfg.train.batch_size, input_pooling_factors(cfg.data))
-    if env.is_main:
-        described = describe_plan(plan)
-        (run_dir / "plan.txt").write_text(described)
-        logger.info("sharding plan:\n%s", described.split("\n\n")[0])
-    dmp = shard_model(model, plan, env)
-    optimizer = build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding)
-    return dmp, plan, optimizer, build_lr_scheduler(optimizer, cfg.optim.schedule)
-
-
 def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
     from dlrm_dist.training.distributed import init_distributed, teardown
+    from dlrm_dist.training.recipe import setup_logging
 
     env = init_distributed(cfg.dist)
     setup_logging(env.rank)
@@ -121,52 +53,19 @@ def run(cfg: Config, config_path: str, run_dir_arg: Optional[str]) -> dict:
 
 
 def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "DistEnv") -> dict:
-    from dlrm_dist.training import checkpoint as ckpt
-    from dlrm_dist.data.build import build_data
-    from dlrm_dist.data.loader import make_loader
-    from dlrm_dist.training.distributed import collectively
     from dlrm_dist.training.metrics import MetricsSink
-    from dlrm_dist.training.trainer import Trainer, TrainState, log_summary
+    from dlrm_dist.training.recipe import build_run, fit
+    from dlrm_dist.training.trainer import log_summary
 
-    # The data first: a wrong data.path must fail in a second, not after planning a 100 GB model.
-    data = collectively(lambda: build_data(cfg.data, cfg.train.batch_size, cfg.model.table_sizes(), env), env)
-    run_dir = make_run_dir(run_dir_arg, config_path, env, resuming=bool(cfg.train.resume))
-    ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else run_dir / "checkpoints"
-    resume_from = ckpt.find_resume(cfg.train.resume, ckpt_dir, env)
-    sharding_cfg = cfg.sharding
-    if resume_from is not None:  # same sharding types as saved: see dlrm_dist.training.checkpoint
-        sharding_cfg = ckpt.pin_sharding_types(cfg.sharding, ckpt.read_meta(resume_from)["sharding_types"],
-                                               str(resume_from / ckpt.META))
-    if env.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    if cfg.dist.check_host_memory:  # stop now, not when the OOM killer strikes an hour in
-        check_memory(cfg, env)
-
-    dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, sharding_cfg, env, run_dir)
-    state = TrainState()
-    if resume_from is not None:
-        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler, env)
-        state = TrainState(meta["step"], meta["epoch"])
-        ckpt.warn_if_changed(meta, cfg, env)
-        logger.info("resumed from %s at step %d", resume_from, state.step)
-    checkpointer = None
-    if cfg.train.checkpoint_every or cfg.train.checkpoint_at_end:
-        checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env),
-                                         to_yaml(cfg))
-
-    sink = MetricsSink(run_dir, env, cfg.metrics)
+    run = build_run(cfg, env, run_dir_arg, config_path)
+    sink = MetricsSink(run.run_dir, env, cfg.metrics)
     try:
-        loader = functools.partial(make_loader, device=env.device, num_workers=cfg.data.num_workers,
-                                   prefetch_factor=cfg.data.prefetch_factor)
-        trainer = Trainer(dmp, optimizer, lr_scheduler, env, cfg.train, cfg.metrics, sink, checkpointer, state,
-                          loader)
-        summary = trainer.fit(data)
-        sink.write_json("summary.json", summary)
+        summary = fit(run, sink)
     finally:
         sink.close()
     if env.is_main:
         logger.info("%s", log_summary(summary))
-        logger.info("run directory: %s", run_dir)
+        logger.info("run directory: %s", run.run_dir)
     return summary
 
 

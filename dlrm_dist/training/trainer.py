@@ -21,7 +21,6 @@ and asks the training data for the batches from that step on.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import socket
@@ -44,7 +43,6 @@ from tqdm import tqdm
 from dlrm_dist.training import faults
 from dlrm_dist.config import ConfigError, MetricsConfig, TrainConfig
 from dlrm_dist.data.contract import DataSplits, ResumableSplit
-from dlrm_dist.data.loader import make_loader
 from dlrm_dist.training.distributed import DistEnv
 from dlrm_dist.core.errors import UserError
 from dlrm_dist.training.metrics import EvalMetrics, MetricsSink, Throughput, peak_rss_bytes
@@ -83,11 +81,9 @@ def build_train_pipeline(kind: str, model: nn.Module, optimizer: torch.optim.Opt
 Loader = Callable[[ResumableSplit], Iterable[Any]]
 
 
-def _train_batches(split: ResumableSplit, device: torch.device, epochs: int, start: int = 0,
-                   loader: Optional[Loader] = None) -> Iterator[Any]:
+def _train_batches(split: ResumableSplit, loader: Loader, epochs: int, start: int = 0) -> Iterator[Any]:
     """One iterator over all epochs, so the pipeline never drains between epochs;
     it begins at overall batch ``start`` (the steps a resumed run has done)."""
-    loader = loader or functools.partial(make_loader, device=device)
     first_epoch, start_batch = divmod(start, len(split))
     for epoch in range(first_epoch, epochs):
         # e.g. reshuffle the batch order; a resumed epoch skips batches without reading them
@@ -109,16 +105,16 @@ class Trainer:
         cfg: TrainConfig,
         metrics_cfg: MetricsConfig,
         sink: MetricsSink,
+        loader: Loader,
         checkpointer: Optional["Checkpointer"] = None,
         state: Optional[TrainState] = None,
-        loader: Optional[Loader] = None,
     ) -> None:
-        """``loader`` turns a split into its batches for one pass (default: ``make_loader``
-        without workers; ``train.py`` passes ``data.num_workers``)."""
+        """``loader`` turns a split into its batches for one pass (``recipe.build_loader``:
+        ``data.num_workers`` workers, batches finished on the device)."""
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.env, self.cfg, self.metrics_cfg, self.sink = env, cfg, metrics_cfg, sink
         self.checkpointer = checkpointer
-        self.loader = loader or functools.partial(make_loader, device=env.device)
+        self.loader = loader
         self.state = state or TrainState()  # a resumed run's step and epoch
         self._saved_step = -1
         self._phase = "setup"
@@ -187,7 +183,7 @@ class Trainer:
         total = self.total_steps(steps_per_epoch)
         epochs = -(-total // steps_per_epoch)
         start = self.state.step
-        batches = itertools.islice(_train_batches(data.train, self.env.device, epochs, start, self.loader), max(total - start, 0))
+        batches = itertools.islice(_train_batches(data.train, self.loader, epochs, start), max(total - start, 0))
         throughput = Throughput(self.env.world_size)
         bar = tqdm(
             total=total, initial=start, desc="train", unit="step",

@@ -45,6 +45,17 @@ def test_throughput_reports_its_ceilings(tmp_path: Path):
     assert all((out.parent / p).stat().st_size > 0 for p in result["plots"])
 
 
+def test_throughput_runs_what_training_runs_with_its_loader_workers(tmp_path: Path):
+    """The benchmark builds its run with training's recipe: ``data.num_workers=2`` means
+    two DataLoader worker processes feed each rank, as in ``dlrm-dist train``."""
+    out = tmp_path / "throughput.json"
+    _run(["benchmarks/throughput.py", "--config", "configs/smoke.yaml", "--batch-sizes", "64", "--nprocs", "1",
+          "--sharding-types", "", "--pipelines", "sparse_dist", "--base-batch", "64", "--window-steps", "2",
+          "--warmup-steps", "2", "--ceiling-seconds", "0.05", "--json", str(out), "data.num_workers=2"])
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["loader_workers_per_rank"] == [2]
+
+
 def test_comm_measures_collectives_at_dlrm_sizes(tmp_path: Path):
     out = tmp_path / "comm.json"
     _run(["benchmarks/comm.py", "--ranks", "2", "--config", "configs/smoke.yaml", "--batch-sizes", "64",

@@ -98,7 +98,7 @@ def _sharded_val_probs(step: Path, run_dir: Path, out: Path) -> None:
     from dlrm_dist.training import checkpoint as ckpt
     from dlrm_dist.data.build import build_data
     from dlrm_dist.training.distributed import init_distributed
-    from dlrm_dist.train import build_sharded_model
+    from dlrm_dist.training.recipe import build_sharded_model
 
     cfg = load_config(step / "config.yaml")
     env = init_distributed(cfg.dist)

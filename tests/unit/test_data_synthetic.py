@@ -79,12 +79,16 @@ def test_a_resumed_epoch_starts_at_batch_k():
 
 def test_train_batches_resume_across_epochs():
     """Trainer's one iterator over all epochs, started at overall batch 11 of 3 x 8."""
+    import functools
+
     import torch
 
+    from dlrm_dist.data.loader import make_loader
     from dlrm_dist.data.random_source import RandomSplit
     from dlrm_dist.training.trainer import _train_batches
 
     ds = RandomSplit(4, 8, [50] * 26, None, seed=1)
-    whole = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, torch.device("cpu"), 3)]
-    resumed = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, torch.device("cpu"), 3, start=11)]
+    loader = functools.partial(make_loader, device=torch.device("cpu"))
+    whole = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, loader, 3)]
+    resumed = [b.dense_features.numpy().tobytes() for b in _train_batches(ds, loader, 3, start=11)]
     assert len(whole) == 24 and resumed == whole[11:]

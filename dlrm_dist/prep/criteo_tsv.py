@@ -37,6 +37,7 @@ import pyarrow.csv as pacsv
 
 from dlrm_dist.core.criteo import DENSE_TRANSFORMS, NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 from dlrm_dist.prep.criteo_swar import parse_regular
+from dlrm_dist.core.units import MiB
 
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
 COLUMN_NAMES = ["label"] + [f"I{j}" for j in range(1, 14)] + [f"C{j}" for j in range(1, 27)]
@@ -153,7 +154,7 @@ def _read_table(block: bytes) -> pa.Table:
         return pacsv.read_csv(
             pa.py_buffer(block),
             read_options=pacsv.ReadOptions(column_names=COLUMN_NAMES, use_threads=False,
-                                           block_size=max(len(block) + 1, 1 << 20)),
+                                           block_size=max(len(block) + 1, MiB)),
             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
                                               double_quote=False, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in COLUMN_NAMES},

@@ -55,6 +55,7 @@ from dlrm_dist.prep.npy_stream import NpyStreamWriter, WriteBehind, sha256_file
 from dlrm_dist.prep.raw_days import DaySource, InputError, find_terabyte_days, iter_blocks, prefetch, split_kaggle
 from dlrm_dist.core.errors import entry_point
 from dlrm_dist.core.files import write_text_atomic
+from dlrm_dist.core.units import GiB, MiB
 
 KINDS = ("dense", "sparse", "labels")
 MAX_BAD_LINE_EXAMPLES = 20
@@ -139,7 +140,7 @@ def keep_freed_memory() -> None:
     no-op where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(None)
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: trim only beyond 1 GB free
+        libc.mallopt(-1, GiB)  # M_TRIM_THRESHOLD: trim only beyond 1 GB free
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: mmap only beyond 32 MB (its maximum)
     except (OSError, AttributeError):
         pass
@@ -306,7 +307,7 @@ def _prepare(tasks: List[DayTask], out: Path, verify: bool) -> Tuple[List[dict],
 def run(args: argparse.Namespace) -> None:
     sources = (find_terabyte_days(args.input) if args.dataset == "criteo_1tb" else split_kaggle(args.input))
     settings = Settings(args.dataset, args.dense_transform, args.max_ind_range, args.on_bad_line,
-                        int(args.block_mb * (1 << 20)), args.block_delay)
+                        int(args.block_mb * MiB), args.block_delay)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     share = "" if args.nnodes == 1 else f" (node {args.node_rank} of {args.nnodes})"

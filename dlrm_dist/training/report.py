@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from dlrm_dist.core.errors import UserError, entry_point
+from dlrm_dist.core.units import MiB
 
 COLUMNS = [  # (summary key, header, format)
     ("val_auc", "val AUC", "{:.4f}"),
@@ -59,7 +60,7 @@ def format_table(runs: Dict[str, Dict]) -> str:
         for key, _, fmt in COLUMNS:
             value = s.get(key)
             if key == "peak_rss_bytes" and value is not None:
-                value = value / 2**20
+                value = value / MiB
             cells.append("-" if value is None else fmt.format(value))
         rows.append([name] + cells)
     widths = [max(len(r[i]) for r in rows + [headers]) for i in range(len(headers))]

@@ -8,8 +8,9 @@ data_parallel ...), a compute kernel and the ranks that hold it, from a
 EmbeddingBagCollection accordingly (its forward performs the input and pooled-
 embedding all-to-alls) and wraps the rest of the model (the MLPs) in DDP.
 
-The capacity planner (``dlrm_dist.planner.plan``) calls the same ``build_topology`` and
-``build_constraints`` for clusters it does not have, so training and planning
+The capacity planner (``dlrm_dist.planner.capacity``, behind ``dlrm-dist plan``)
+calls the same ``build_topology`` and ``build_planner`` (and so the same
+``build_constraints``) for clusters it does not have, so training and planning
 never disagree about memory.
 """
 

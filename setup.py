@@ -8,17 +8,29 @@ what the host has, then ``torchrec`` with ``--no-deps``; all three are pinned
 together in requirements/stack.txt.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def stack_pin(name: str) -> str:
+    """One place pins the ABI-locked trio: requirements/stack.txt (the Makefile reads it too)."""
+    lines = (Path(__file__).parent / "requirements/stack.txt").read_text().splitlines()
+    pins = dict(line.strip().split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return pins[name]
+
 
 setup(
     name="dlrm_dist",
     version="0.1.0",
     description="Hybrid-parallel DLRM on TorchRec: sharded tables, DDP MLPs, torchx launch",
     packages=find_packages(include=["dlrm_dist", "dlrm_dist.*"]),
+    # the shipped configs (``--config smoke``) and hardware profiles travel with the package
+    package_data={"dlrm_dist": ["configs/*.yaml", "hardware/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch==2.14.1",
-        "torchmetrics==1.0.3",  # torchrec 1.8.0 pins it
+        f"torch=={stack_pin('TORCH_VERSION')}",
+        "torchmetrics==1.0.3",  # torchrec pins it
         "tensordict",
         "pyre-extensions",
         "iopath",

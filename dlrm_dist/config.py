@@ -346,15 +346,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+"""The configs that travel with the package (``configs/`` in a checkout links here)."""
+
+
+def shipped_config_names() -> List[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: ``path`` when it is a file, else the shipped config of that name
+    (``smoke``, ``criteo_kaggle``, ``criteo_1tb``, ``mlperf_dcnv2``; ``.yaml`` optional),
+    so ``--config smoke`` works from an installed package, outside any checkout."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = SHIPPED_CONFIGS / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+    if p.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {p} (a path, or a shipped config: "
+                      f"{', '.join(shipped_config_names())})")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Config:
-    """Read ``path`` (YAML), apply dotted ``overrides`` and validate everything."""
+    """Read ``path`` (a YAML file, or a shipped config's name), apply dotted
+    ``overrides`` and validate everything."""
     raw: Dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = resolve_config(path)
+        source = str(path) if Path(path).is_file() else str(p)
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

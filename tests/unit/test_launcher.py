@@ -159,3 +159,42 @@ def test_rank_memory_covers_the_planners_process_estimate():
 
     assert dlrm.GPU_RANK_MB * 2**20 > capacity.CUDA_PROCESS_HOST_BYTES
     assert dlrm.CPU_RANK_MB * 2**20 > capacity.CPU_PROCESS_BYTES
+
+
+def _readme_commands(root) -> list:
+    """The ``torchx run`` commands of README's "On one GPU host, and on a cluster", one string each."""
+    text = (root / "README.md").read_text()
+    section = text[text.index("### On one GPU host, and on a cluster"):text.index("### Checkpoints and resume")]
+    joined = section.replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines() if line.startswith("torchx run ")]
+
+
+def test_readme_cluster_commands_ask_for_resources_that_fit(root):
+    """Every slurm / kubernetes command the README shows, dry-run by the real torchx CLI: each node
+    asks for at least what node_resources says its ranks and loader workers need, and its ranks
+    are told to expect their GPUs."""
+    import re
+    import shlex
+
+    from launchers.dlrm import node_resources
+
+    commands = [c for c in _readme_commands(root) if " -s slurm " in c or " -s kubernetes " in c]
+    assert len(commands) >= 3, commands
+    for command in commands:
+        args = shlex.split(command)
+        if "kubernetes" in args:
+            pytest.importorskip("kubernetes", reason="torchx's kubernetes scheduler needs the kubernetes package")
+            args[2:2] = ["--workspace", ""]
+        args.insert(2, "--dryrun")
+        proc = run_cmd(args, timeout=120)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        out = proc.stdout + proc.stderr
+        j, gpu = args[args.index("-j") + 1], int(args[args.index("--gpu") + 1])
+        need_cpu, need_mem = node_resources(int(j.split("x")[1]), gpu, 2)
+        if "slurm" in args:
+            cpu, mem = map(int, re.search(r"--cpus-per-task=(\d+) --mem=(\d+)", out).groups())
+        else:
+            cpu, mem = re.search(r"limits:\s+cpu: (\d+)m\s+memory: (\d+)M", out).groups()
+            cpu, mem = int(cpu) // 1000, int(mem)
+        assert cpu >= need_cpu and mem >= need_mem, (command, cpu, mem)
+        assert f"DLRM_DIST_EXPECT_GPUS={gpu}" in out or f"name: DLRM_DIST_EXPECT_GPUS\n" in out, command

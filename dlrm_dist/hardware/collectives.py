@@ -99,7 +99,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, device: str, nbytes: int, iters: int, windows: int, queue) -> None:  # noqa: ANN001
+def _rank(rank: int, world: int, port: int, device: str, nbytes: int, iters: int, windows: int,
+          queue) -> None:  # noqa: ANN001
     """One spawned rank: join as training does, time each op, rank 0 reports."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

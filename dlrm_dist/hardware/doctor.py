@@ -122,8 +122,8 @@ def memory_checks(gpus: int) -> List[Check]:
     who = f"{gpus} CUDA rank(s)" if gpus else "2 CPU ranks"
     return [Check("host RAM", OK, f"{vm.total / 2**30:.1f} GiB, {vm.available / 2**30:.1f} GiB available"),
             Check("memory limit", OK if available >= floor else FAIL,
-                  f"{limit}; {available / 2**30:.2f} GiB usable now; {who} need >= {floor / 2**30:.1f} GiB before their tables "
-                  f"(`dlrm-dist plan` for a job)")]
+                  f"{limit}; {available / 2**30:.2f} GiB usable now; {who} need >= {floor / 2**30:.1f} GiB "
+                  f"before their tables (`dlrm-dist plan` for a job)")]
 
 
 def limit_checks() -> List[Check]:

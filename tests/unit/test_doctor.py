@@ -52,7 +52,8 @@ def test_gpus_expected_but_unusable_and_a_read_only_dir_fail(tmp_path: Path):
     ready, checks = _checks(out)
     assert not ready and checks["gpus"]["verdict"] == "FAIL"
     assert "the launcher asked for 8 GPU(s)" in checks["gpus"]["detail"]
-    assert (f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build") in checks["gpus"]["detail"]
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
+    assert build in checks["gpus"]["detail"]
     # a node of 8 CUDA ranks needs 8 x 2.5 GiB before any table: this 24 GB box may or may not have it
     assert "8 CUDA rank(s) need >= 20.0 GiB" in checks["memory limit"]["detail"]
 

@@ -21,12 +21,15 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import psutil
 
 from dlrm_dist.hardware import host
 from dlrm_dist.hardware.stack import installed, load_problem, problems
+
+if TYPE_CHECKING:
+    from dlrm_dist.training.distributed import TorchCuda
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_SHM_BYTES = 1 << 30
@@ -82,17 +85,31 @@ def driver_too_old(driver_version: str, torch_cuda: Optional[str]) -> Optional[i
 
 
 def gpu_checks(expect: Optional[int]) -> List[Check]:
-    """The driver's GPUs against torch's (the check training runs), driver vs CUDA, NCCL."""
+    """The facts of this node, judged by :func:`gpu_lines`."""
     import torch
 
-    from dlrm_dist.training.distributed import TorchCuda, cuda_problem
+    from dlrm_dist.training.distributed import TorchCuda
 
     driver, tc = host.driver_gpus(), TorchCuda.here()
     expected, why = host.expected_gpus(_expect_env(expect), driver)
+    nccl = ".".join(map(str, torch.cuda.nccl.version())) if tc.cuda and (driver.count or tc.available) else ""
+    return gpu_lines(expected, why, tc, driver, nccl, host.launcher_gpus(_expect_env(expect)))
+
+
+def gpu_lines(expected: int, why: str, tc: "TorchCuda", driver: host.DriverGpus, nccl: str,
+              granted: int = 0) -> List[Check]:
+    """The driver's GPUs against torch's (the check training runs), driver vs CUDA, NCCL.
+    ``granted``: GPUs the launcher (or --expect-gpus) says the job has: torch must see
+    them all; fewer than the driver lists is only a warning (CUDA_VISIBLE_DEVICES).
+    Fed the facts (a GPU node's can be given as values on a CPU machine)."""
+    from dlrm_dist.training.distributed import cuda_problem
+
     problem = cuda_problem("auto", 0, tc, expected, why, driver)
     listed = f"{driver.count} x {driver.names[0]}" if driver.count else driver.error or "none"
     if problem:
         out = [Check("gpus", FAIL, problem)]
+    elif tc.available and granted > tc.device_count:
+        out = [Check("gpus", FAIL, f"{why}, but {tc.describe()} (CUDA_VISIBLE_DEVICES, or the job's grant)")]
     elif tc.available and driver.count and tc.device_count != driver.count:
         out = [Check("gpus", WARN, f"driver lists {listed}; {tc.describe()} (CUDA_VISIBLE_DEVICES hides some)")]
     elif tc.available:
@@ -105,7 +122,6 @@ def gpu_checks(expect: Optional[int]) -> List[Check]:
         out.append(Check("driver/cuda", FAIL if need else OK,
                          f"driver {driver.driver or '?'}, torch built for CUDA {tc.cuda or 'none (CPU build)'}"
                          + (f": too old, CUDA {tc.cuda} needs R{need}+" if need else "")))
-        nccl = ".".join(map(str, torch.cuda.nccl.version())) if tc.cuda else ""
         out.append(Check("nccl", OK if nccl else FAIL, nccl or "none: torch is a CPU build"))
     return out
 

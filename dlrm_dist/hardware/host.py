@@ -85,11 +85,17 @@ def min_driver(cuda_version: str) -> Optional[int]:
     return MIN_DRIVER.get(int(major)) if major.isdigit() else None
 
 
+def launcher_gpus(environ: Dict[str, str]) -> int:
+    """GPUs per node the launcher was asked for (DLRM_DIST_EXPECT_GPUS), 0 when it did not say."""
+    told = environ.get(EXPECT_GPUS_ENV, "").strip()
+    return int(told) if told.isdigit() else 0
+
+
 def expected_gpus(environ: Dict[str, str], driver: Optional[DriverGpus]) -> Tuple[int, str]:
     """(GPUs this node should use, why): the launcher's ``--gpu`` when it set
     DLRM_DIST_EXPECT_GPUS, else what the driver lists; (0, "") when nothing expects one."""
-    told = environ.get(EXPECT_GPUS_ENV, "").strip()
-    if told.isdigit() and int(told) > 0:
+    told = str(launcher_gpus(environ))
+    if int(told) > 0:
         return int(told), f"the launcher asked for {told} GPU(s) per node ({EXPECT_GPUS_ENV}={told})"
     if driver is not None and driver.count:
         return driver.count, (f"nvidia-smi lists {driver.count} GPU(s) ({driver.names[0]}, "

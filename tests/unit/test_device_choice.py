@@ -91,3 +91,25 @@ def test_which_rank_may_start():
     assert cuda_problem("auto", 0, TORCH_CU130_NO_DRIVER, 0, "") is None
     assert cuda_problem("cpu", 0, TORCH_CU130_NO_DRIVER, 8, "the launcher asked for 8") is None
     assert cuda_problem("cuda", 0, TORCH_CU130_NO_DRIVER, 0, "").startswith("dist.device=cuda: CUDA requested")
+
+
+@needs_no_cuda
+def test_first_rank_of_another_host_says_it_too():
+    """Rank 2 = local rank 0 of a second host meets the problem before any process group: the
+    entry point reports from rank 0 only, so this host's first rank prints its own line."""
+    proc = run_cmd([sys.executable, "-m", "dlrm_dist.train", "--config", "configs/smoke.yaml"], timeout=300,
+                   env={"DLRM_DIST_EXPECT_GPUS": "8", "RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
+                        "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dlrm-dist train: error: ") and ": dist.device=auto: GPUs expected" in line
+
+
+@needs_no_cuda
+def test_collectives_ranks_run_the_same_device_check():
+    """doctor --collectives joins its ranks as training does: dist.device=cuda here is refused."""
+    from dlrm_dist.core.errors import UserError
+    from dlrm_dist.hardware.collectives import measure
+
+    with pytest.raises(UserError, match="dist.device=cuda: CUDA requested"):
+        measure(world=2, nbytes=1 << 16, device="cuda", timeout_s=120)

@@ -61,3 +61,35 @@ def test_gpus_expected_but_unusable_and_a_read_only_dir_fail(tmp_path: Path):
 def test_cli_lists_doctor():
     proc = run_cmd([sys.executable, "-m", "dlrm_dist.cli", "--help"], timeout=60)
     assert proc.returncode == 0 and "  doctor " in proc.stdout
+
+
+# A GPU node's facts, as nvidia-smi prints them and torch reports them (this machine has no GPU).
+SMI = "".join(f"{i}, NVIDIA H100 80GB HBM3, {{driver}}, 81559\n" for i in range(8))
+
+
+def _gpu_lines(driver_version: str, torch_sees: int, expect: int = 0):
+    from dlrm_dist.hardware import host
+    from dlrm_dist.hardware.doctor import gpu_lines
+    from dlrm_dist.training.distributed import TorchCuda
+
+    driver = host.parse_nvidia_smi(SMI.format(driver=driver_version))
+    env = {host.EXPECT_GPUS_ENV: str(expect)} if expect else {}
+    expected, why = host.expected_gpus(env, driver)
+    tc = TorchCuda("2.14.1", "13.0", available=torch_sees > 0, device_count=torch_sees)
+    return {c.name: (c.verdict, c.detail) for c in gpu_lines(expected, why, tc, driver, "2.30.7", expect)}
+
+
+def test_gpu_node_verdicts_from_its_facts():
+    ready = _gpu_lines("580.65.06", torch_sees=8)
+    assert [v for v, _ in ready.values()] == ["ok", "ok", "ok"]
+    assert ready["gpus"][1] == ("driver lists 8 x NVIDIA H100 80GB HBM3; "
+                                "torch 2.14.1 (built for CUDA 13.0) sees 8 GPU(s)")
+    assert ready["nccl"] == ("ok", "2.30.7")
+    old = _gpu_lines("535.104.05", torch_sees=0)
+    assert old["gpus"][0] == "FAIL" and "too old for CUDA 13.0 (needs R580+)" in old["gpus"][1]
+    assert old["driver/cuda"] == ("FAIL", "driver 535.104.05, torch built for CUDA 13.0: "
+                                          "too old, CUDA 13.0 needs R580+")
+    hidden = _gpu_lines("580.65.06", torch_sees=4)
+    assert hidden["gpus"][0] == "warn"  # CUDA_VISIBLE_DEVICES may mean it
+    short = _gpu_lines("580.65.06", torch_sees=4, expect=8)
+    assert short["gpus"][0] == "FAIL" and "asked for 8 GPU(s)" in short["gpus"][1] and "sees 4" in short["gpus"][1]

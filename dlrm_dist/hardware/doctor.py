@@ -77,13 +77,6 @@ def _expect_env(expect: Optional[int]) -> dict:
     return dict(os.environ, **({host.EXPECT_GPUS_ENV: str(expect)} if expect is not None else {}))
 
 
-def driver_too_old(driver_version: str, torch_cuda: Optional[str]) -> Optional[int]:
-    """The driver series torch's CUDA needs when ``driver_version`` is older, else None."""
-    need = host.min_driver(torch_cuda) if torch_cuda else None
-    major = driver_version.split(".")[0]
-    return need if need and major.isdigit() and int(major) < need else None
-
-
 def gpu_checks(expect: Optional[int]) -> List[Check]:
     """The facts of this node, judged by :func:`gpu_lines`."""
     import torch
@@ -118,7 +111,7 @@ def gpu_lines(expected: int, why: str, tc: "TorchCuda", driver: host.DriverGpus,
         out = [Check("gpus", OK, f"CPU node ({listed}; no GPU expected): jobs run CPU ranks over gloo; "
                                  f"{tc.describe()}")]
     if driver.count or tc.available:
-        need = driver_too_old(driver.driver, tc.cuda)
+        need = host.driver_too_old(driver.driver, tc.cuda)
         out.append(Check("driver/cuda", FAIL if need else OK,
                          f"driver {driver.driver or '?'}, torch built for CUDA {tc.cuda or 'none (CPU build)'}"
                          + (f": too old, CUDA {tc.cuda} needs R{need}+" if need else "")))
@@ -161,9 +154,15 @@ def dir_checks(dirs: List[str]) -> List[Check]:
 
 
 def collective_checks(nbytes: int) -> List[Check]:
-    """all_reduce and all_to_all over 2 local ranks, joined as training joins."""
+    """all_reduce and all_to_all over 2 local ranks, joined as training joins (one per GPU:
+    a node with a single GPU has no peer to measure against)."""
     from dlrm_dist.core.errors import UserError
     from dlrm_dist.hardware.collectives import measure
+    from dlrm_dist.training.distributed import TorchCuda
+
+    tc = TorchCuda.here()
+    if tc.available and tc.device_count < 2:
+        return [Check("collectives", OK, f"{tc.describe()}: no second GPU to measure against")]
 
     try:
         rows = measure(world=2, nbytes=nbytes)

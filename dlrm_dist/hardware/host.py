@@ -85,6 +85,13 @@ def min_driver(cuda_version: str) -> Optional[int]:
     return MIN_DRIVER.get(int(major)) if major.isdigit() else None
 
 
+def driver_too_old(driver_version: str, torch_cuda: Optional[str]) -> Optional[int]:
+    """The driver series torch's CUDA needs when ``driver_version`` is older, else None."""
+    need = min_driver(torch_cuda) if torch_cuda else None
+    major = driver_version.split(".")[0]
+    return need if need and major.isdigit() and int(major) < need else None
+
+
 def launcher_gpus(environ: Dict[str, str]) -> int:
     """GPUs per node the launcher was asked for (DLRM_DIST_EXPECT_GPUS), 0 when it did not say."""
     told = environ.get(EXPECT_GPUS_ENV, "").strip()

@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from dlrm_dist.config import DistConfig
 from dlrm_dist.core.errors import UserError
-from dlrm_dist.hardware.host import EXPECT_GPUS_ENV, DriverGpus, driver_gpus, expected_gpus, min_driver
+from dlrm_dist.hardware.host import (EXPECT_GPUS_ENV, DriverGpus, driver_gpus, driver_too_old, expected_gpus,
+                                     min_driver)
 
 T = TypeVar("T")
 
@@ -102,8 +103,7 @@ def driver_hint(torch_cuda_version: Optional[str], driver: Optional[DriverGpus])
         return "; install the CUDA build of torch (make install on this host)"
     need = min_driver(torch_cuda_version)
     if driver is not None and driver.driver:
-        major = driver.driver.split(".")[0]
-        if need and major.isdigit() and int(major) < need:
+        if driver_too_old(driver.driver, torch_cuda_version):
             return f"; driver {driver.driver} is too old for CUDA {torch_cuda_version} (needs R{need}+)"
         return f"; driver {driver.driver}"
     found = driver.error if driver is not None and driver.error else "no NVIDIA driver found"

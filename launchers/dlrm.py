@@ -47,8 +47,11 @@ CPU_RANK_MB = 2048
 """Host RAM of a CPU rank before its tables (capacity.CPU_PROCESS_BYTES, 400 MiB, plus
 batches, activations and a small model's tables). A CPU rank holds its shard of the
 tables in host RAM: size bigger models with ``dlrm-dist plan`` and pass ``--memMB``."""
-WORKER_MB = 1024
-"""A DataLoader worker: forked from its rank, its own batches and Python heap."""
+WORKER_MB = 512
+"""A DataLoader worker, forked from its rank: measured 14-30 MiB of private memory at
+batch 4096-32768 (synthetic source, this CPU machine) plus its prefetched batches in
+/dev/shm (2 x 12 MB at 32768 one-hot; a DCNv2 multi-hot batch of 8192 is ~15 MB);
+512 MB leaves room for larger batches and the Criteo source's index arrays."""
 AGENT_MB, AGENT_CPU = 1024, 1
 """torchrun's agent (rendezvous, the TCPStore) beside the ranks."""
 
@@ -86,7 +89,7 @@ def train(
         gpu: GPUs per node (also the ranks per node on GPU hosts); ranks then refuse to run without them
         cpu: CPUs per node; -1: a core per rank and per loader worker, plus one
         memMB: host memory per node in MB; -1: 4 GB per GPU rank (2 GB per CPU rank)
-            + 1 GB per loader worker + 1 GB (CPU ranks hold their tables too: ``dlrm-dist plan``)
+            + 0.5 GB per loader worker + 1 GB (CPU ranks hold their tables too: ``dlrm-dist plan``)
         loader_workers: data.num_workers of the config (shipped GPU configs: 2), to size cpu/memMB
         h: a named resource of the scheduler instead of cpu/gpu/memMB (e.g. aws_p4d.24xlarge)
         max_restarts: times torchrun restarts the whole worker group after a failure

@@ -35,8 +35,7 @@ from torchx import specs
 from torchx.specs import macros
 from torchx.components.dist import ddp, parse_nnodes
 
-EXPECT_GPUS_ENV = "DLRM_DIST_EXPECT_GPUS"
-"""GPUs per node the job was granted; read by dlrm_dist.training.distributed (dist.device=auto)."""
+from dlrm_dist.hardware.host import EXPECT_GPUS_ENV  # GPUs per node granted: the ranks' device check reads it
 
 # What one node of a training job needs, per rank (dlrm_dist.planner.capacity has the
 # figures; tests/unit/test_launcher.py fails if these fall below them).

@@ -151,7 +151,7 @@ def _stat_field(path: Path, names: Tuple[str, ...]) -> int:
 
 
 def cgroup_memory(proc_self_cgroup: str, root: Path = Path("/sys/fs/cgroup")) -> Optional[CgroupMemory]:
-    """The tightest memory limit on this process's cgroup or its ancestors.
+    """The memory cgroup level, this process's or an ancestor's, with the least room left.
 
     ``proc_self_cgroup`` is the text of /proc/self/cgroup; ``root`` where the
     hierarchy is mounted. v2 (``0::/path``): ``memory.max`` ("max" = none),
@@ -181,7 +181,9 @@ def cgroup_memory(proc_self_cgroup: str, root: Path = Path("/sys/fs/cgroup")) ->
         found = CgroupMemory(version, "/" + "/".join(rel_parts[:depth]), str(d / files[0]),
                              limit if limit is not None and limit < V1_UNLIMITED else None,
                              _read_int(d / files[1]) or 0, _stat_field(d / "memory.stat", inactive))
-        if best is None or (found.limit is not None and (best.limit is None or found.limit < best.limit)):
+        # The level with the least room left binds (a parent may be full of siblings).
+        if best is None or (found.available is not None and (best.available is None
+                                                             or found.available < best.available)):
             best = found
     return best
 

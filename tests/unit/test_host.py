@@ -96,3 +96,12 @@ def test_host_memory_check_reads_the_cgroup_limit_it_runs_under(tmp_path: Path) 
         assert "not enough host memory" in second and str(cgroup / "memory.limit_in_bytes") in second
     finally:
         cgroup.rmdir()
+
+
+def test_a_full_parent_binds_before_a_roomier_child(tmp_path: Path) -> None:
+    """Slurm's job cgroup (64 GiB, 60 used by other steps) leaves less than the step's own 32 GiB."""
+    _files(tmp_path, {"cgroup.controllers": "memory\n"})
+    _files(tmp_path / "job", {"memory.max": f"{64 * GiB}\n", "memory.current": f"{60 * GiB}\n"})
+    _files(tmp_path / "job/step", {"memory.max": f"{32 * GiB}\n", "memory.current": f"{GiB}\n"})
+    cg = host.cgroup_memory("0::/job/step\n", tmp_path)
+    assert (cg.path, cg.available) == ("/job", 4 * GiB)

@@ -187,7 +187,7 @@ def run_checks(args: argparse.Namespace) -> List[Check]:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dlrm-dist doctor", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dir", action="append", default=[], help="a directory jobs write (checkpoints, runs, data): "
+    p.add_argument("--dir", action="append", default=[], help="a directory jobs write (checkpoints, runs, data), created if missing: "
                    "must be writable; repeat for several")
     p.add_argument("--collectives", action="store_true", help="time all_reduce and all_to_all over 2 local ranks")
     p.add_argument("--collective-mb", type=int, default=4, help="MiB per rank for --collectives (default 4)")

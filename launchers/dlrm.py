@@ -25,6 +25,11 @@ the last node to finish writes manifest.json, see dlrm_dist.prep.preprocess):
     torchx run -s slurm launchers/dlrm.py:preprocess --nnodes 4 -- \
         --dataset criteo_1tb --input /data/raw --output /data/npy --max-ind-range 40000000
 
+``doctor`` runs ``dlrm-dist doctor`` on every node of a job with the job's grant
+(GPUs, memory limit, /dev/shm, mounts), before booking them for training:
+
+    torchx run -s slurm launchers/dlrm.py:doctor --nnodes 2 --gpu 8 -- --dir /shared/ckpt --collectives
+
 (No ``from __future__ import annotations`` here: torchx reads the parameter
 types at run time to parse the command line.)
 """
@@ -149,3 +154,40 @@ def preprocess(
         mounts=specs.parse_mounts(mounts) if mounts else [],
     )
     return specs.AppDef(name="dlrm-preprocess", roles=[role])
+
+
+def doctor(
+    *doctor_args: str,
+    nnodes: int = 1,
+    gpu: int = 0,
+    cpu: int = 4,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    image: str = "ghcr.io/pytorch/torchx:0.7.0",
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """``dlrm-dist doctor`` on each of ``nnodes`` nodes, granted what a training job would be:
+    the GPUs, the cgroup limit, the container's /dev/shm and mounts are the job's own.
+
+    Args:
+        doctor_args: arguments of dlrm-dist doctor (--dir DIR, --collectives ...)
+        nnodes: nodes to check (one process each)
+        gpu: GPUs per node; the node fails the check unless torch can use them all
+        cpu: CPUs per node
+        memMB: host memory per node in MB
+        h: a named resource of the scheduler instead of cpu/gpu/memMB
+        image: container image (slurm / kubernetes)
+        env: extra environment variables
+        mounts: container mounts, as in dist.ddp (e.g. type=volume,src=ckpt,dst=/ckpt)
+    """
+    resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
+    job_env = {"PYTHONUNBUFFERED": "1", **(env or {})}
+    if resource.gpu > 0:
+        job_env.setdefault(EXPECT_GPUS_ENV, str(resource.gpu))
+    role = specs.Role(
+        name="doctor", image=image, entrypoint="python", args=["-m", "dlrm_dist.cli", "doctor", *doctor_args],
+        num_replicas=nnodes, resource=resource, env=job_env,
+        mounts=specs.parse_mounts(mounts) if mounts else [],
+    )
+    return specs.AppDef(name="dlrm-doctor", roles=[role])

@@ -198,3 +198,24 @@ def test_readme_cluster_commands_ask_for_resources_that_fit(root):
             cpu, mem = int(cpu) // 1000, int(mem)
         assert cpu >= need_cpu and mem >= need_mem, (command, cpu, mem)
         assert f"DLRM_DIST_EXPECT_GPUS={gpu}" in out or f"name: DLRM_DIST_EXPECT_GPUS\n" in out, command
+
+
+def test_doctor_component_checks_each_node_with_the_jobs_grant(root):
+    """`torchx run -s local_cwd launchers/dlrm.py:doctor` runs dlrm-dist doctor for real on this node;
+    on slurm each node gets the GPUs (and is told to expect them) as a training job would."""
+    script = _dryrun_doctor(root, "slurm", ["--nnodes", "2", "--gpu", "8", "--", "--dir", "/shared/ckpt"])
+    assert script.count("--gpus-per-task=8") == 2 and "DLRM_DIST_EXPECT_GPUS=8" in script
+    assert "python -m dlrm_dist.cli doctor --dir /shared/ckpt" in script
+    proc = run_cmd(["torchx", "run", "-s", "local_cwd", "launchers/dlrm.py:doctor", "--", "--dir",
+                    "runs/doctor-test"],
+                   timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ready (" in proc.stdout + proc.stderr
+
+
+def _dryrun_doctor(root, scheduler: str, args: list) -> str:
+    from torchx.runner import get_runner
+
+    with get_runner() as runner:
+        info = runner.dryrun_component(f"{root}/launchers/dlrm.py:doctor", args, scheduler, cfg={}, workspace=None)
+    return info.request.materialize()

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -36,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (RESULTS, ROOT, default_nproc, environment, machine_name, pyplot,  # noqa: E402
                     relaunch_under_torchrun, write_json)  # noqa: E402
+
+from dlrm_dist.hardware.collectives import bus_factor, slowest_median, time_op  # noqa: E402  (shared with doctor)
 
 
 def dlrm_sizes(config: str, batch_sizes: List[int]) -> Dict[str, Any]:
@@ -57,44 +57,8 @@ def dlrm_sizes(config: str, batch_sizes: List[int]) -> Dict[str, Any]:
     }
 
 
-def _sync(device) -> None:  # noqa: ANN001
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_op(op: str, nbytes: int, world: int, device, iters: int, windows: int) -> List[float]:  # noqa: ANN001
-    """Seconds per call of each window (after one untimed warm-up window)."""
-    import torch
-    import torch.distributed as dist
-
-    n = max(world, (nbytes // 4) // world * world)  # all_to_all_single splits evenly
-    src = torch.rand(n, device=device)
-    dst = torch.empty_like(src)
-
-    def call() -> None:
-        if op == "all_to_all":
-            dist.all_to_all_single(dst, src)
-        else:
-            dist.all_reduce(src)
-
-    per_call = []
-    for w in range(windows + 1):
-        dist.barrier()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            call()
-        _sync(device)
-        if w:  # window 0 warms up
-            per_call.append((time.perf_counter() - start) / iters)
-    return per_call
-
-
 def worker(args: argparse.Namespace) -> int:
     """One rank: time every op and size; rank 0 gathers the slowest rank's times."""
-    import torch
     import torch.distributed as dist
 
     from dlrm_dist.config import DistConfig
@@ -115,10 +79,8 @@ def worker(args: argparse.Namespace) -> int:
             if label.startswith("pooled") and op != "all_to_all" or label == "dense_gradients" and op != "all_reduce":
                 continue
             times = time_op(op, nbytes, env.world_size, env.device, args.iters, args.windows)
-            worst = torch.tensor([statistics.median(times)], dtype=torch.float64, device=env.device)
-            dist.all_reduce(worst, op=dist.ReduceOp.MAX)  # a collective is as slow as its slowest rank
-            t = float(worst)
-            factor = 2 * (env.world_size - 1) / env.world_size if op == "all_reduce" else (env.world_size - 1) / env.world_size
+            t = slowest_median(times, env.device)  # a collective is as slow as its slowest rank
+            factor = bus_factor(op, env.world_size)
             rows.append({"op": op, "label": label, "bytes_per_rank": nbytes, "seconds_median": t,
                          "seconds_windows": times, "latency_us": t * 1e6, "algbw_gb_per_s": nbytes / t / 1e9,
                          "busbw_gb_per_s": nbytes / t / 1e9 * factor})

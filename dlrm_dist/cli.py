@@ -7,6 +7,7 @@
     dlrm-dist report     RUN_DIR [RUN_DIR ...] [--output report.png]
     dlrm-dist export     CHECKPOINT --output model.pt [--dtype fp32|fp16|int8] [--program model.pt2]
     dlrm-dist predict    --model model.pt --data DIR [--split val|test] [--output preds.npy]
+    dlrm-dist doctor     [--dir DIR ...] [--collectives] [--expect-gpus N]
 
 Each subcommand's module has ``main(argv) -> int``; they are imported lazily so
 ``dlrm-dist plan --help`` does not pay for what ``train`` needs.
@@ -26,6 +27,7 @@ COMMANDS = {
     "report": ("dlrm_dist.training.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
     "export": ("dlrm_dist.serving.export", "sharded checkpoint -> one single-process model (+ serving program)"),
     "predict": ("dlrm_dist.serving.predict", "click probabilities of an exported model for an npy folder"),
+    "doctor": ("dlrm_dist.hardware.doctor", "is this node ready for a job? versions, GPUs, memory limit, shm, collectives"),
 }
 
 

@@ -368,23 +368,32 @@ def host_memory_per_rank(cfg: Config, world_size: int, local_world_size: int, co
 def check_host_memory(
     cfg: Config, world_size: int, local_world_size: int, compute_device: str,
     available_bytes: Optional[int] = None,
-) -> Tuple[int, int]:
-    """Raise before allocating when this host cannot hold its ranks; else (needed, available) bytes.
+) -> Tuple[int, int, str]:
+    """Raise before allocating when this host cannot hold its ranks; else (needed,
+    available bytes, where "available" comes from).
 
     Needed is the fullest host's ranks (contiguous blocks of ``local_world_size``
-    ranks) under the plan TorchRec's planner makes for this world size."""
+    ranks) under the plan TorchRec's planner makes for this world size. Available
+    is what this process may still allocate: the machine's free RAM, or less when
+    its cgroup (Slurm's ``--mem``, a pod's memory limit) caps it, since that limit
+    is what the OOM killer enforces (:func:`dlrm_dist.hardware.host.available_memory`)."""
+    from dlrm_dist.hardware.host import this_available_memory
+
     per_rank = host_memory_by_rank(cfg, world_size, local_world_size, compute_device)
     hosts = [per_rank[i:i + local_world_size] for i in range(0, world_size, local_world_size)]
     needed = max(sum(h) for h in hosts)
-    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    if available_bytes is None:
+        available, source = this_available_memory()
+    else:
+        available, source = available_bytes, "given"
     if needed <= available:
-        return needed, available
+        return needed, available, source
     raise CapacityError(
         f"not enough host memory: {local_world_size} rank(s) on this host need "
         f"{needed / GiB:.2f} GiB ({max(per_rank) / GiB:.2f} GiB for the fullest rank) but "
-        f"{available / GiB:.2f} GiB is available. Lower model.num_embeddings / "
+        f"{available / GiB:.2f} GiB is available ({source}). Lower model.num_embeddings / "
         f"num_embeddings_per_feature or model.embedding_dim, use "
         f"optim.embedding.name=rowwise_adagrad (or sgd), lower train.batch_size, run "
-        f"fewer ranks per host or more hosts; `dlrm-dist plan` shows where memory goes. "
-        f"dist.check_host_memory=false skips this check."
+        f"fewer ranks per host or more hosts, or ask the scheduler for more memory (--memMB); "
+        f"`dlrm-dist plan` shows where memory goes. dist.check_host_memory=false skips this check."
     )

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from datetime import timedelta
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from dlrm_dist.config import DistConfig
 from dlrm_dist.core.errors import UserError
+from dlrm_dist.hardware.host import (EXPECT_GPUS_ENV, DriverGpus, driver_gpus, driver_too_old, expected_gpus,
+                                     min_driver)
 
 T = TypeVar("T")
 
@@ -51,19 +54,88 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class TorchCuda:
+    """What the installed torch can do with CUDA on this host."""
+
+    version: str  # torch.__version__
+    cuda: Optional[str]  # torch.version.cuda: "13.0", or None for a CPU-only build
+    available: bool
+    device_count: int
+
+    @classmethod
+    def here(cls) -> "TorchCuda":
+        available = torch.cuda.is_available()
+        return cls(torch.__version__, torch.version.cuda, available, torch.cuda.device_count() if available else 0)
+
+    def describe(self) -> str:
+        build = f"built for CUDA {self.cuda}" if self.cuda else "a CPU-only build"
+        sees = f"sees {self.device_count} GPU(s)" if self.available else "cannot use CUDA"
+        return f"torch {self.version} ({build}) {sees}"
+
+
+def cuda_problem(device: str, local_rank: int, torch_cuda: TorchCuda, expected: int, why: str,
+                 driver: Optional[DriverGpus] = None) -> Optional[str]:
+    """Why this rank must not start with ``dist.device=device``, or None.
+
+    ``expected``/``why``: GPUs this node should use and who says so (the launcher's
+    ``--gpu``, the driver's list: :func:`dlrm_dist.hardware.host.expected_gpus`).
+    ``auto`` falls back to the CPU only when nothing expects a GPU: a driver too old
+    for torch's CUDA, or a job granted none, must not quietly train on gloo."""
+    if device == "cpu":
+        return None
+    if torch_cuda.available and local_rank < torch_cuda.device_count:
+        return None
+    if torch_cuda.available:
+        return (f"dist.device={device}: local rank {local_rank} has no GPU of its own: {torch_cuda.describe()}; "
+                f"run one rank per GPU (-j NODESx{torch_cuda.device_count}, --gpu {torch_cuda.device_count})")
+    if device == "auto" and not expected:
+        return None
+    wanted = f"GPUs expected ({why})" if expected else "CUDA requested"
+    hint = driver_hint(torch_cuda.cuda, driver)
+    return (f"dist.device={device}: {wanted} but {torch_cuda.describe()}{hint}. `dlrm-dist doctor` checks "
+            f"this node; set dist.device=cpu to train on the CPU on purpose")
+
+
+def driver_hint(torch_cuda_version: Optional[str], driver: Optional[DriverGpus]) -> str:
+    """What most likely stands between torch and the GPUs, as the tail of a sentence."""
+    if not torch_cuda_version:
+        return "; install the CUDA build of torch (make install on this host)"
+    need = min_driver(torch_cuda_version)
+    if driver is not None and driver.driver:
+        if driver_too_old(driver.driver, torch_cuda_version):
+            return f"; driver {driver.driver} is too old for CUDA {torch_cuda_version} (needs R{need}+)"
+        return f"; driver {driver.driver}"
+    found = driver.error if driver is not None and driver.error else "no NVIDIA driver found"
+    return f"; {found} (CUDA {torch_cuda_version} needs driver R{need}+)" if need else f"; {found}"
+
+
 def pick_device(cfg: DistConfig, local_rank: int) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("dist.device=cuda but CUDA is not available on this host")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    """``dist.device``: cpu as asked; cuda or auto on this rank's GPU, or a
+    :class:`UserError` (one line, before any planning) when GPUs are expected and
+    torch cannot use them. The driver is asked only when torch sees no GPU."""
+    torch_cuda = TorchCuda.here()
+    expected, why, driver = 0, "", None
+    if cfg.device != "cpu" and not torch_cuda.available:
+        driver = driver_gpus()
+        expected, why = expected_gpus(dict(os.environ), driver)
+    problem = cuda_problem(cfg.device, local_rank, torch_cuda, expected, why, driver)
+    if problem:
+        raise UserError(problem)
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    if not torch_cuda.available:
+        logger.info("dist.device=%s: CPU (%s; no GPU expected: %s, %s unset)", cfg.device, torch_cuda.describe(),
+                    driver.error if driver and driver.error else "the driver lists none", EXPECT_GPUS_ENV)
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def pick_backend(cfg: DistConfig, device: torch.device) -> str:
     if cfg.backend != "auto":
         if cfg.backend == "nccl" and device.type != "cuda":
-            raise RuntimeError("dist.backend=nccl needs dist.device=cuda")
+            raise UserError(f"dist.backend=nccl needs a CUDA device, but this rank runs on {device}")
         return cfg.backend
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -93,8 +165,12 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-    device = pick_device(cfg, local_rank)
-    backend = pick_backend(cfg, device)
+    try:
+        device = pick_device(cfg, local_rank)
+        backend = pick_backend(cfg, device)
+    except UserError as e:
+        _say_on_every_host(e)
+        raise
     torch.set_num_threads(cpu_threads(cfg, local_world_size))
     if not dist.is_initialized():
         # Bounds every collective: a peer that stops answering fails the others after
@@ -105,6 +181,14 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     logger.info("rank %d/%d on %s (%s, collectives time out after %g s), %d CPU threads", rank, world_size,
                 device, backend, cfg.timeout_s, torch.get_num_threads())
     return env
+
+
+def _say_on_every_host(error: UserError) -> None:
+    """A device problem is a host's own, met before the process group exists: the
+    entry point reports it from rank 0 only, so the first rank of every other host
+    says it too (else a bad second host fails without a word)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") != "0":
+        print(f"dlrm-dist train: error: {socket.gethostname()}: {error}", file=sys.stderr, flush=True)
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:

@@ -110,9 +110,9 @@ def check_memory(cfg: Config, env: "DistEnv") -> None:
 
     def check() -> None:
         if env.local_rank == 0:
-            needed, available = check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
-            logger.info("host memory check on %s: %d rank(s) need %.2f GiB, %.2f GiB available",
-                        socket.gethostname(), env.local_world_size, needed / GiB, available / GiB)
+            needed, available, source = check_host_memory(cfg, env.world_size, env.local_world_size, env.device.type)
+            logger.info("host memory check on %s: %d rank(s) need %.2f GiB, %.2f GiB available (%s)",
+                        socket.gethostname(), env.local_world_size, needed / GiB, available / GiB, source)
 
     collectively(check, env)
 

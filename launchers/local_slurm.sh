@@ -27,10 +27,12 @@
 #   replica), which only the backfill scheduler starts; its default pass is every 30 s.
 # - Accounting through slurmdbd (torchx's `run --wait`, `status` and `log` call sacct).
 # - AuthInfo cred_expire=$CRED_EXPIRE_S: Slurm holds a requeued job PENDING (Reason=BeginTime)
-#   for the step-credential lifetime + 1 s, so that credentials of the old run cannot start its
-#   steps again; the default lifetime is 120 s, which kept a job requeued after a lost node
-#   waiting 2 minutes on idle nodes. The credential must outlive a step's launch (srun ->
-#   slurmd), a few seconds even on a loaded 2-core machine.
+#   for the job-credential lifetime + 1 s (default 120 s: a job requeued after a lost node sat
+#   2 minutes on idle nodes). Not much shorter, though: the requeued run reuses the job and step
+#   IDs, and the first run's step cancel (srun --kill-on-bad-exit, sent when the surviving rank
+#   fails, while the lost node cannot answer) is retried by slurmctld ~65 s later; reaching a
+#   run that started sooner, it cancels it. Seen here 49-55 s after the requeue with
+#   cred_expire=30 (the requeued torchx job died at start-up), so 80: the hold ends ~25 s after.
 # - --link-mbit N: a token bucket filter (tc tbf) on both ends of each node's veth, so every
 #   node's link carries at most N Mbit/s each way (netem, which could add delay, is not in
 #   every kernel). Node to node traffic crosses two such links, so it also gets N.
@@ -45,7 +47,7 @@ CLUSTER=dlrmlocal
 CTLD_PORT=16817 SLURMD_PORT=16818 DBD_PORT=16819
 NODE_CPUS=${DLRM_SLURM_CPUS:-4}          # declared, may exceed the real count (config_overrides)
 NODE_MEM_MB=${DLRM_SLURM_MEM_MB:-16384}
-CRED_EXPIRE_S=${DLRM_SLURM_CRED_EXPIRE_S:-30}   # see above: the wait of a requeued job
+CRED_EXPIRE_S=${DLRM_SLURM_CRED_EXPIRE_S:-80}   # see above: the wait of a requeued job (>= 5)
 
 die() { echo "local_slurm.sh: error: $*" >&2; exit 1; }
 case "$STATE" in /*/*) ;; *) die "DLRM_SLURM_STATE must be an absolute path below /, e.g. /run/dlrm-slurm (down removes it)";; esac
@@ -88,7 +90,8 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-# cred_expire: a requeued job waits this + 1 s before it may start again (default 120).
+# cred_expire: a requeued job waits this + 1 s before it may start again (default 120; see the
+# header of local_slurm.sh for why not less).
 AuthInfo=socket=$STATE/munge/munge.socket,cred_expire=$CRED_EXPIRE_S
 CredType=cred/munge
 StateSaveLocation=$STATE/ctld
@@ -214,7 +217,7 @@ start_mariadb() {
       --skip-test-db >"$STATE/log/mariadb-install.log" 2>&1 || die "mariadb-install-db failed: $STATE/log/mariadb-install.log"
   fi
   # As root with --user=mysql, no TCP: slurmdbd connects as root over the socket.
-  mariadbd --no-defaults --user=mysql --skip-networking --datadir="$STATE/mysql" \
+  setsid mariadbd --no-defaults --user=mysql --skip-networking --datadir="$STATE/mysql" \
     --socket="$STATE/mysql-run/mysqld.sock" --pid-file="$STATE/mysql-run/mariadb.pid" \
     --log-error="$STATE/mysql-run/mariadb.log" --innodb-buffer-pool-size=32M --skip-log-bin \
     >>"$STATE/log/mariadb.console" 2>&1 &
@@ -241,7 +244,8 @@ start_slurmctld() {
 start_slurmd() {  # start_slurmd INDEX
   local n=${NODES[$1]}
   pid_alive "$STATE/slurmd-$n.pid" && return 0
-  nsenter --net="/run/netns/$n" -- unshare --uts --mount sh -c \
+  # setsid: not in the caller's process group, whose Ctrl-C or timeout(1) would stop the node
+  setsid nsenter --net="/run/netns/$n" -- unshare --uts --mount sh -c \
     "mount --bind '$STATE/etc/hosts' /etc/hosts && hostname '$n' && exec slurmd -D -N '$n' -f '$STATE/etc/slurm.conf'" \
     >>"$STATE/log/slurmd-$n.console" 2>&1 &
 }

@@ -4,8 +4,10 @@
 #
 #   sudo launchers/local_slurm.sh up       # ~10 s; prints the line below
 #   eval "$(launchers/local_slurm.sh env)" # points sbatch/sacct/torchx at it (this shell only)
-#   launchers/local_slurm.sh status        # daemons, nodes, addresses
+#   launchers/local_slurm.sh status        # daemons, nodes, link limits
 #   sudo launchers/local_slurm.sh down     # stops what `up` started, removes what it made
+#   sudo launchers/local_slurm.sh up --link-mbit 100   # each node's link at 100 Mbit/s each way
+#                                          # (also on a cluster already up; 0 = unlimited again)
 #
 # Needs root and: apt-get install -y slurm-wlm munge slurmdbd mariadb-server (Debian 12).
 #
@@ -24,6 +26,16 @@
 # - SchedulerParameters=bf_interval=2: torchx submits heterogeneous jobs (one component per
 #   replica), which only the backfill scheduler starts; its default pass is every 30 s.
 # - Accounting through slurmdbd (torchx's `run --wait`, `status` and `log` call sacct).
+# - AuthInfo cred_expire=$CRED_EXPIRE_S: Slurm holds a requeued job PENDING (Reason=BeginTime)
+#   for the job-credential lifetime + 1 s (default 120 s: a job requeued after a lost node sat
+#   2 minutes on idle nodes). Not much shorter, though: the requeued run reuses the job and step
+#   IDs, and the first run's step cancel (srun --kill-on-bad-exit, sent when the surviving rank
+#   fails, while the lost node cannot answer) is retried by slurmctld ~65 s later; reaching a
+#   run that started sooner, it cancels it. Seen here 49-55 s after the requeue with
+#   cred_expire=30 (the requeued torchx job died at start-up), so 80: the hold ends ~25 s after.
+# - --link-mbit N: a token bucket filter (tc tbf) on both ends of each node's veth, so every
+#   node's link carries at most N Mbit/s each way (netem, which could add delay, is not in
+#   every kernel). Node to node traffic crosses two such links, so it also gets N.
 # State, configs, logs and PID files live in $STATE (default /run/dlrm-slurm).
 set -euo pipefail
 
@@ -35,6 +47,7 @@ CLUSTER=dlrmlocal
 CTLD_PORT=16817 SLURMD_PORT=16818 DBD_PORT=16819
 NODE_CPUS=${DLRM_SLURM_CPUS:-4}          # declared, may exceed the real count (config_overrides)
 NODE_MEM_MB=${DLRM_SLURM_MEM_MB:-16384}
+CRED_EXPIRE_S=${DLRM_SLURM_CRED_EXPIRE_S:-80}   # see above: the wait of a requeued job (>= 5)
 
 die() { echo "local_slurm.sh: error: $*" >&2; exit 1; }
 case "$STATE" in /*/*) ;; *) die "DLRM_SLURM_STATE must be an absolute path below /, e.g. /run/dlrm-slurm (down removes it)";; esac
@@ -53,7 +66,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
 
 check_tools() {
   local missing=()
-  for t in slurmctld slurmd slurmdbd munged mariadbd mariadb-install-db sacctmgr nsenter unshare ip; do
+  for t in slurmctld slurmd slurmdbd munged mariadbd mariadb-install-db sacctmgr nsenter unshare ip tc; do
     command -v "$t" >/dev/null || missing+=("$t")
   done
   [ ${#missing[@]} = 0 ] || die "missing ${missing[*]}: apt-get install -y slurm-wlm munge slurmdbd mariadb-server"
@@ -77,7 +90,9 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$STATE/munge/munge.socket
+# cred_expire: a requeued job waits this + 1 s before it may start again (default 120; see the
+# header of local_slurm.sh for why not less).
+AuthInfo=socket=$STATE/munge/munge.socket,cred_expire=$CRED_EXPIRE_S
 CredType=cred/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool/%n
@@ -154,6 +169,36 @@ make_network() {
   done
 }
 
+# set_link MBIT: at most MBIT Mbit/s each way on every node's link; 0 removes the limit.
+# tbf's burst: 10 ms at the rate (at least 32 KiB, more than one 9000-byte frame and the
+# kernel's timer tick at these rates); its queue: 50 ms at the rate, beyond which it drops.
+set_link() {
+  local mbit=$1 n burst
+  [[ "$mbit" =~ ^[0-9]+$ ]] || die "--link-mbit takes a whole number of Mbit/s (0: unlimited), not '$mbit'"
+  burst=$((mbit * 1000000 / 8 / 100)); [ "$burst" -ge 32768 ] || burst=32768
+  for n in "${NODES[@]}"; do
+    if [ "$mbit" = 0 ]; then   # no such qdisc is fine: already unlimited
+      tc -n "$n" qdisc del dev eth0 root 2>/dev/null || true
+      tc qdisc del dev "veth-$n" root 2>/dev/null || true
+    else                        # eth0 in the node: what it sends; veth-$n: what it receives
+      tc -n "$n" qdisc replace dev eth0 root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
+      tc qdisc replace dev "veth-$n" root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
+    fi
+  done
+  echo "$mbit" >"$STATE/link-mbit"
+  log "link of each node: $([ "$mbit" = 0 ] && echo unlimited || echo "$mbit Mbit/s each way (tc tbf)")"
+}
+
+link_status() {  # one line per node, read back from the kernel (not from what we wrote)
+  local n out in
+  for n in "${NODES[@]}"; do
+    out=$(tc -n "$n" qdisc show dev eth0 2>/dev/null | sed -n 's/.*tbf .*rate \([^ ]*\).*/\1/p')
+    in=$(tc qdisc show dev "veth-$n" 2>/dev/null | sed -n 's/.*tbf .*rate \([^ ]*\).*/\1/p')
+    if [ -z "$out$in" ]; then echo "link $n: unlimited"
+    else echo "link $n: out ${out:-unlimited}, in ${in:-unlimited} (tc tbf)"; fi
+  done
+}
+
 start_munge() {
   pid_alive "$STATE/munged.pid" && return 0
   [ -f "$STATE/munge/munge.key" ] || { dd if=/dev/urandom bs=1 count=1024 of="$STATE/munge/munge.key" 2>/dev/null
@@ -172,7 +217,7 @@ start_mariadb() {
       --skip-test-db >"$STATE/log/mariadb-install.log" 2>&1 || die "mariadb-install-db failed: $STATE/log/mariadb-install.log"
   fi
   # As root with --user=mysql, no TCP: slurmdbd connects as root over the socket.
-  mariadbd --no-defaults --user=mysql --skip-networking --datadir="$STATE/mysql" \
+  setsid mariadbd --no-defaults --user=mysql --skip-networking --datadir="$STATE/mysql" \
     --socket="$STATE/mysql-run/mysqld.sock" --pid-file="$STATE/mysql-run/mariadb.pid" \
     --log-error="$STATE/mysql-run/mariadb.log" --innodb-buffer-pool-size=32M --skip-log-bin \
     >>"$STATE/log/mariadb.console" 2>&1 &
@@ -199,16 +244,26 @@ start_slurmctld() {
 start_slurmd() {  # start_slurmd INDEX
   local n=${NODES[$1]}
   pid_alive "$STATE/slurmd-$n.pid" && return 0
-  nsenter --net="/run/netns/$n" -- unshare --uts --mount sh -c \
+  # setsid: not in the caller's process group, whose Ctrl-C or timeout(1) would stop the node
+  setsid nsenter --net="/run/netns/$n" -- unshare --uts --mount sh -c \
     "mount --bind '$STATE/etc/hosts' /etc/hosts && hostname '$n' && exec slurmd -D -N '$n' -f '$STATE/etc/slurm.conf'" \
     >>"$STATE/log/slurmd-$n.console" 2>&1 &
 }
 
-cmd_up() {
+cmd_up() {  # cmd_up [--link-mbit N]: without it, a running cluster keeps its link as it is
+  local link=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --link-mbit) [ $# -ge 2 ] || die "--link-mbit needs a value"; link=$2; shift 2 ;;
+      --link-mbit=*) link=${1#*=}; shift ;;
+      *) die "up: unknown argument '$1' (usage: up [--link-mbit N])" ;;
+    esac
+  done
   need_root up; check_tools; check_network_free
   local t0=$SECONDS
   write_configs
   make_network
+  [ -z "$link" ] || set_link "$link"
   export SLURM_CONF="$STATE/etc/slurm.conf"
   start_munge; start_mariadb; start_slurmdbd; start_slurmctld
   for i in "${!NODES[@]}"; do start_slurmd "$i"; done
@@ -285,14 +340,15 @@ cmd_status() {
     else echo "$d: not running"; rc=3; fi
   done
   SLURM_CONF="$STATE/etc/slurm.conf" sinfo -N -o '%N %t %c %m' 2>/dev/null || rc=3
+  link_status
   return $rc
 }
 
 case "${1:-}" in
-  up) cmd_up ;;
+  up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   kill-node) shift; cmd_kill_node "$@" ;;
-  *) echo "usage: $0 up|down|status|env|kill-node NODE" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--link-mbit N]|down|status|env|kill-node NODE" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 """The two-node Slurm cluster of ``launchers/local_slurm.sh``, brought up once for the module
 (and down at its end); a cluster already up (a developer's ``local_slurm.sh up``) is used
-as it is and left up. Without root or the Slurm packages the tests skip, saying why."""
+as it is and left up. Without root or the Slurm packages the tests skip, saying why; in CI
+(CI=true, root and apt: .ci/run) that is a failure instead (tests/conftest.py:skip_unless_ci)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.conftest import skip_unless_ci
 from tests.cluster.local_cluster import ROOT, SCRIPT, STATE, Cluster, why_not
 
 
@@ -21,7 +23,7 @@ def slurm() -> Iterator[Cluster]:
     reason = why_not()
     if reason:
         print(f"\nSKIP tests/cluster: {reason}")
-        pytest.skip(reason)
+        skip_unless_ci(reason)
     already_up = subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0
     if not already_up:
         t0 = time.monotonic()

@@ -8,9 +8,11 @@ developer's ``local_slurm.sh up``) is used as it is and left up.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -18,7 +20,52 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launchers" / "local_slurm.sh"
 STATE = Path(os.environ.get("DLRM_SLURM_STATE", "/run/dlrm-slurm"))
 NODES = ["dlrm-n1", "dlrm-n2"]
-TOOLS = ["slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sacct", "nsenter", "unshare", "ip"]
+NODE_IPS = {"dlrm-n1": "10.213.77.11", "dlrm-n2": "10.213.77.12"}  # launchers/local_slurm.sh: $NET.11, $NET.12
+TOOLS = ["slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sacct", "nsenter", "unshare", "ip",
+         "tc"]
+
+# A TCP receiver: listens on port 0 of the given address, prints the port, then after one
+# sender hung up prints {"bytes", "seconds"} counted from its first byte to its last.
+_RECEIVER = """
+import json, socket, sys, time
+srv = socket.create_server((sys.argv[1], 0)); print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept(); n, t0 = 0, None
+while True:
+    chunk = conn.recv(1 << 20)
+    if not chunk: break
+    t0 = t0 or time.monotonic(); n += len(chunk)
+print(json.dumps({"bytes": n, "seconds": time.monotonic() - t0}), flush=True)
+"""
+# A TCP sender: sends zeros to (host, port) for the given seconds, then closes.
+_SENDER = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); buf = bytes(1 << 16)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end: s.sendall(buf)
+s.close()
+"""
+
+
+def in_node(node: str, argv: List[str]) -> List[str]:
+    """``argv`` run in ``node``'s network namespace (nsenter, as local_slurm.sh starts slurmd)."""
+    return ["nsenter", f"--net=/run/netns/{node}", "--", *argv]
+
+
+def transfer_mbit(src: str, dst: str, seconds: float = 3.0) -> float:
+    """Mbit/s of one TCP stream from node ``src`` to node ``dst`` over the cluster's bridge,
+    as the receiver counts it (a plain socket transfer: iperf3 is not needed)."""
+    recv = subprocess.Popen(in_node(dst, [sys.executable, "-c", _RECEIVER, NODE_IPS[dst]]),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = recv.stdout.readline().strip()
+        subprocess.run(in_node(src, [sys.executable, "-c", _SENDER, NODE_IPS[dst], port, str(seconds)]),
+                       check=True, timeout=seconds + 60)
+        got = json.loads(recv.stdout.readline())
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+        recv.wait()
+    return got["bytes"] * 8 / got["seconds"] / 1e6
 
 
 def why_not() -> str:

@@ -53,8 +53,9 @@ import json
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -66,8 +67,9 @@ from torch import nn
 from dlrm_dist.training import faults
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
 from dlrm_dist.training.distributed import DistEnv, broadcast_object, collectively, first_error
-from dlrm_dist.core.errors import UserError
 from dlrm_dist.core.files import write_text_atomic
+from dlrm_dist.training.integrity import (DCP_METADATA, HASH, CheckpointDamaged, CheckpointError, SafeLoadPlanner,
+                                          SafeReader, check_files, describe, rank_files)
 from dlrm_dist.model import feature_name
 from dlrm_dist.training.sharding import plan_sharding_types
 
@@ -79,10 +81,7 @@ META = "meta.json"
 CONFIG = "config.yaml"
 RANK_STATE = "rank-{rank}.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
-
-
-class CheckpointError(UserError):
-    """A checkpoint to resume from is missing or incomplete; the message names the path."""
+__all__ = ["CheckpointDamaged", "CheckpointError", "Checkpointer", "find_resume", "load_checkpoint"]
 
 
 def config_digest(cfg: Config) -> str:
@@ -118,24 +117,101 @@ def resolve_resume(resume: str, directory: Path) -> Optional[Path]:
 
 
 def read_meta(path: Path) -> Dict[str, Any]:
-    return json.loads((path / META).read_text())
+    """``meta.json`` of a checkpoint; one that does not parse is damage, named as such."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointDamaged(path, [f"{META} does not read as JSON ({e})"]) from None
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise CheckpointDamaged(path, [f"{META} holds no step"])
+    return meta
+
+
+def _older_complete(directory: Path, newest: Path) -> List[Path]:
+    """Complete checkpoints of ``directory`` older than ``newest``, newest first:
+    where ``resume=latest`` may fall back when the newest is damaged."""
+    m = _STEP_DIR.fullmatch(newest.name)
+    limit = int(m.group(1)) if m else -1
+    steps = ((int(m.group(1)), p) for p in directory.iterdir()
+             if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name)) and (p / META).is_file())
+    return [p for s, p in sorted(steps, reverse=True) if s < limit]
+
+
+def verify_checkpoint(path: Path, env: DistEnv) -> Dict[str, Any]:
+    """Collective: ``meta.json`` of ``path``, after checking that every file it lists is
+    there with its size and checksum; else :class:`CheckpointDamaged` on every rank.
+    The files are spread over the ranks (largest first, round robin), so each reads
+    about 1/world of the checkpoint."""
+    problems: List[str] = []
+    try:
+        meta = read_meta(path)
+    except CheckpointDamaged as e:
+        meta, problems = {}, e.problems
+    files = meta.get("files")
+    if not problems and files is not None:
+        by_size = sorted(files, key=lambda n: (-files[n]["bytes"], n))
+        problems = check_files(path, meta, by_size[env.rank::env.world_size])
+    everyone: List[Any] = [None] * env.world_size
+    dist.all_gather_object(everyone, problems)
+    problems = [p for found in everyone for p in found]
+    if problems:
+        raise CheckpointDamaged(path, problems)
+    if files is None and env.is_main:
+        logger.warning("%s was saved without file checksums (by an older dlrm-dist): not verified", path)
+    return meta
 
 
 def find_resume(resume: str, directory: Path, env: DistEnv) -> Optional[Path]:
-    """:func:`resolve_resume` decided on rank 0 for all ranks; a problem raises the
-    same :class:`CheckpointError` on every rank (no rank is left waiting in a collective)."""
-    found, problem = None, ""
+    """:func:`resolve_resume` decided on rank 0 for all ranks, then verified by all
+    (:func:`verify_checkpoint`); a problem raises the same :class:`CheckpointError` on
+    every rank (no rank is left waiting in a collective). A damaged checkpoint named by
+    path stops the run; ``resume=latest`` falls back to the newest older complete
+    checkpoint that verifies, with a warning naming the damage."""
+    candidates: List[Path] = []
+    problem = ""
     if env.is_main:
         try:
             found = resolve_resume(resume, directory)
+            if found is not None:
+                candidates = [found] + (_older_complete(directory, found) if resume == LATEST else [])
         except CheckpointError as e:
             problem = str(e)
-    found, problem = broadcast_object((found, problem), env)
+    candidates, problem = broadcast_object((candidates, problem), env)
     if problem:
         raise CheckpointError(problem)
-    if resume == LATEST and found is None and env.is_main:
+    if resume == LATEST and not candidates and env.is_main:
         logger.info("train.resume=latest: no checkpoint in %s yet; starting fresh", directory)
-    return found
+    bad: List[CheckpointDamaged] = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path, env)
+        except CheckpointDamaged as e:
+            bad.append(e)
+            continue
+        if bad:
+            _fall_back(bad, path, env)
+        return path
+    first = bad[0] if bad else None
+    if first is not None:
+        older = f"; no older complete checkpoint in {directory} verifies either" if resume == LATEST else ""
+        raise CheckpointDamaged(first.path, first.problems, older)
+    return None
+
+
+def _fall_back(bad: List[CheckpointDamaged], good: Path, env: DistEnv) -> None:
+    """``resume=latest`` over damaged checkpoints: rank 0 moves each aside (renamed
+    ``step-N.damaged-TIME``, kept for a look, never pruned) and points ``latest`` at
+    ``good``, so that this run saves its own ``step-N`` again; every rank waits."""
+    if env.is_main:
+        moved = []
+        for e in bad:
+            aside = e.path.with_name(f"{e.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            e.path.rename(aside)
+            moved.append(aside.name)
+        write_text_atomic(good.parent / LATEST, good.name + "\n")
+        logger.warning("%s. train.resume=latest: resuming from %s instead, the newest older checkpoint that "
+                       "verifies (moved aside: %s)", bad[0].summary(), good, ", ".join(moved))
+    dist.barrier()
 
 
 def run_facts(cfg: Config, plan: Any, env: DistEnv) -> Dict[str, Any]:
@@ -254,18 +330,24 @@ class Checkpointer:
         try:
             dcp.save(_app_state(model, optimizer), checkpoint_id=path,
                      storage_writer=faults.storage_writer(path, self.env.rank, step))
-            write_text_atomic(path / RANK_STATE.format(rank=self.env.rank),
-                              json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
+            state_file = RANK_STATE.format(rank=self.env.rank)
+            write_text_atomic(path / state_file, json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
+            written = describe(path, rank_files(path, self.env.rank, state_file))  # sizes and checksums
             failure = ""
         except (Exception, CheckpointException) as e:  # DCP's (a BaseException; raised on every rank) or an OSError
-            failure, error = f"{type(e).__name__}: {e}", e
+            failure, error, written = f"{type(e).__name__}: {e}", e, {}
         if first_error(failure, self.env):  # every rank learns if any failed; none waits alone
             raise _save_failed(error if failure else RuntimeError("another rank's save failed"),
                                path, self.env)
+        everyone: List[Any] = [None] * self.env.world_size
+        dist.all_gather_object(everyone, written)
         if self.env.is_main:  # every rank's files are written
             if self.config_yaml:  # before meta.json, which marks the folder complete
                 write_text_atomic(path / CONFIG, self.config_yaml)
-            meta = {"step": step, "epoch": epoch, **self.meta}
+            files = {name: entry for rank_written in everyone for name, entry in rank_written.items()}
+            files.update(describe(path, [DCP_METADATA] + ([CONFIG] if self.config_yaml else [])))
+            meta = {"step": step, "epoch": epoch, **self.meta, "saved_at": time.time(), "hash": HASH,
+                    "files": files}
             write_text_atomic(path / META, json.dumps(meta, indent=1))
             write_text_atomic(self.directory / LATEST, path.name + "\n")
             self._prune(step)
@@ -294,7 +376,15 @@ def restore_rank_state(path: Path, meta: Dict[str, Any], optimizer: Any,
     Returns how ("rank-0.json" or "rebuilt from step N") for the log."""
     step = meta["step"]
     file = path / RANK_STATE.format(rank=env.rank)
-    saved = json.loads(file.read_text()) if meta.get("world_size") == env.world_size and file.is_file() else None
+    saved = None
+    if meta.get("world_size") == env.world_size:  # its own file must be there: no silent fallback
+        try:
+            saved = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise CheckpointDamaged(path, [f"{file.name} is missing (saved on {env.world_size} ranks, "
+                                           f"each writes its own)"]) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointDamaged(path, [f"{file.name} does not read as JSON ({e})"]) from None
     if saved is not None:
         groups = saved["param_groups"]
         if len(groups) != len(optimizer.param_groups):
@@ -318,10 +408,12 @@ def restore_rank_state(path: Path, meta: Dict[str, Any], optimizer: Any,
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
-                    lr_scheduler: torch.optim.lr_scheduler.LambdaLR, env: DistEnv) -> Dict[str, Any]:
+                    lr_scheduler: torch.optim.lr_scheduler.LambdaLR, env: DistEnv,
+                    verify: bool = True) -> Dict[str, Any]:
     """Load ``path`` into the sharded model, the optimizer and the LR schedule, in
-    place, resharding as needed; return its meta (step, epoch ...). Collective."""
-    meta = read_meta(path)
+    place, resharding as needed; return its meta (step, epoch ...). Collective.
+    ``verify=False`` skips the file check when :func:`find_resume` just did it."""
+    meta = verify_checkpoint(path, env) if verify else read_meta(path)
     # KeyedOptimizer.load_state_dict copies into existing state tensors and DCP
     # loads into the tensors it is given, so lazily created state (torch's
     # Adam / Adagrad on the MLPs and data_parallel tables) must exist first: a
@@ -331,7 +423,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
             opt.init_state()
             opt.zero_grad(set_to_none=True)
     state = _app_state(model, optimizer)
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
     model.load_state_dict(state[MODEL_KEY])
     optimizer.load_state_dict(state["optim"])
     # FBGEMM's step counter (Adam's bias correction) is a buffer outside every

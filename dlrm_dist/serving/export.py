@@ -94,7 +94,7 @@ def open_checkpoint(path: Path, config: Optional[Path] = None) -> SavedCheckpoin
         raise CheckpointError(f"{path}: incomplete checkpoint: no {missing} (its save did not finish, "
                               "or another program wrote it)")
     meta = read_meta(path)  # CheckpointDamaged if it does not parse
-    verify_model_files(path, meta)
+    verify_model_files(path, meta, read_config=config is None)
     try:
         metadata = SafeReader(str(path)).read_metadata()
     except CheckpointError:
@@ -115,16 +115,19 @@ def open_checkpoint(path: Path, config: Optional[Path] = None) -> SavedCheckpoin
     return SavedCheckpoint(path, cfg, config_path, meta, shapes)
 
 
-def verify_model_files(path: Path, meta: Dict[str, Any]) -> None:
-    """Every file export reads (all but the per-rank LR state) has the size and checksum
-    meta.json recorded at save, checked before any is read; else :class:`CheckpointDamaged`."""
+def verify_model_files(path: Path, meta: Dict[str, Any], read_config: bool = True) -> None:
+    """Every file export reads (all but the per-rank LR state, and config.yaml when
+    ``--config`` replaces it) has the size and checksum meta.json recorded at save,
+    checked before any is read; else :class:`CheckpointDamaged`. An edited config.yaml
+    fails too: pass the changed config with ``--config`` instead."""
     files = meta.get("files")
     if files is None:
         logging.getLogger(__name__).warning("%s was saved without file checksums (by an older dlrm-dist): "
                                             "not verified", path)
         return
     rank_state = RANK_STATE.format(rank="*")
-    problems = check_files(path, meta, [n for n in files if not fnmatch.fnmatch(n, rank_state)])
+    skipped = [rank_state] + ([] if read_config else [CONFIG])
+    problems = check_files(path, meta, [n for n in files if not any(fnmatch.fnmatch(n, s) for s in skipped)])
     if problems:
         raise CheckpointDamaged(path, problems)
 

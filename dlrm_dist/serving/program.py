@@ -100,8 +100,8 @@ def build_serving_model(cfg: Config, dtype: str) -> nn.Module:
 
 def _unsafe_reason(error: Exception) -> str:
     """The first object torch's weights-only unpickler refused, from its message."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    return found.group(1) if found else str(error).splitlines()[0]
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))  # "unsupported GLOBAL posix.system whose module ..."
+    return found.group(1) if found else "an object outside torch's weights-only allowlist"
 
 
 def load_model_file(path: Path) -> ExportedModel:

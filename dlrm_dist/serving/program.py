@@ -83,19 +83,19 @@ def build_serving_model(cfg: Config, dtype: str) -> nn.Module:
     from torchrec.modules.embedding_configs import DataType
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
-    from dlrm_dist.model import build_model
+    from dlrm_dist.model import EBC_PATH, build_model
 
-    model = build_model(cfg.model, torch.device("cpu"), sparse_device="meta").model
+    train_model = build_model(cfg.model, torch.device("cpu"), sparse_device="meta")  # DLRMTrain
     if dtype in QUANTIZED:
-        ebc = model.sparse_arch.embedding_bag_collection
+        ebc = train_model.get_submodule(EBC_PATH)
         tables = copy.deepcopy(ebc.embedding_bag_configs())
         for table in tables:
             table.data_type = DataType.INT8 if dtype == "int8" else DataType.FP16
         # what torchrec.inference.modules.quantize_embeddings builds (output fp32, its
         # default row alignment), without the float tables it would quantize
-        model.sparse_arch.embedding_bag_collection = QuantEmbeddingBagCollection(
-            tables, ebc.is_weighted(), torch.device("cpu"), output_dtype=torch.float32)
-    return model.eval()
+        train_model.set_submodule(EBC_PATH, QuantEmbeddingBagCollection(
+            tables, ebc.is_weighted(), torch.device("cpu"), output_dtype=torch.float32))
+    return train_model.model.eval()  # DLRMTrain adds only the loss
 
 
 def _unsafe_reason(error: Exception) -> str:

@@ -5,7 +5,8 @@ Layout of ``train.checkpoint_dir`` (default ``<run_dir>/checkpoints``)::
     step-20/        DCP files of every rank (model + optimizer), rank-{r}.json of
                     every rank, config.yaml (the resolved config: ``dlrm-dist
                     export`` rebuilds the model from it), then meta.json (written
-                    last: the checkpoint is complete)
+                    last: the checkpoint is complete; it lists every other file
+                    with its size and checksum, see ``integrity``)
     step-40/
     latest          one line, "step-40": the newest *complete* checkpoint
 
@@ -40,6 +41,10 @@ atomic). A save killed half way leaves a ``step-N/`` without ``meta.json`` that
 that fails (a full disk) raises :class:`CheckpointError` on every rank, after
 rank 0 deleted the partial ``step-N/``; ``latest`` still names the previous one.
 
+Before a load every file is checked against ``meta.json`` (``resume``,
+``integrity``): a damaged checkpoint stops the run by name before DCP reads a
+byte, and nothing in it is unpickled beyond DCP's metadata classes.
+
 The files must be on a file system every rank sees (one host, or NFS / Lustre
 on a cluster).
 """
@@ -51,11 +56,10 @@ import errno
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
@@ -66,152 +70,29 @@ from torch import nn
 
 from dlrm_dist.training import faults
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
-from dlrm_dist.training.distributed import DistEnv, broadcast_object, collectively, first_error
+from dlrm_dist.training.distributed import DistEnv, collectively, first_error
 from dlrm_dist.core.files import write_text_atomic
-from dlrm_dist.training.integrity import (DCP_METADATA, HASH, CheckpointDamaged, CheckpointError, SafeLoadPlanner,
-                                          SafeReader, check_files, describe, rank_files)
+from dlrm_dist.training.integrity import (CONFIG, DCP_METADATA, HASH, LATEST, META, RANK_STATE, STEP_DIR,
+                                          CheckpointDamaged, CheckpointError, SafeLoadPlanner, SafeReader, describe,
+                                          rank_files)
+from dlrm_dist.training.resume import find_resume, latest_checkpoint, read_meta, resolve_resume, verify_checkpoint
 from dlrm_dist.model import feature_name
 from dlrm_dist.training.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
 
 MODEL_KEY = "model"  # the app state entry holding the model's state_dict
-LATEST = "latest"
-META = "meta.json"
-CONFIG = "config.yaml"
-RANK_STATE = "rank-{rank}.json"
-_STEP_DIR = re.compile(r"step-(\d+)")
-__all__ = ["CheckpointDamaged", "CheckpointError", "Checkpointer", "find_resume", "load_checkpoint"]
+__all__ = [  # what train.py, export and the tests use; resume / integrity define some of it
+    "CONFIG", "LATEST", "META", "MODEL_KEY", "RANK_STATE", "CheckpointDamaged", "CheckpointError", "Checkpointer",
+    "config_digest", "find_resume", "latest_checkpoint", "load_checkpoint", "pin_sharding_types", "read_meta",
+    "resolve_resume", "run_facts", "warn_if_changed",
+]
 
 
 def config_digest(cfg: Config) -> str:
     """Hash of the sections a resumed run should share with the saved one."""
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "model", "optim")}
     return hashlib.sha256(yaml.safe_dump(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def latest_checkpoint(directory: Path) -> Optional[Path]:
-    """The complete checkpoint ``directory/latest`` names, or None when there is none."""
-    pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    path = directory / pointer.read_text().strip()
-    if not (path / META).is_file():
-        raise CheckpointError(f"{pointer} names {path}, which holds no complete checkpoint ({META} missing)")
-    return path
-
-
-def resolve_resume(resume: str, directory: Path) -> Optional[Path]:
-    """``train.resume`` -> the ``step-N`` folder to load, or None to start fresh."""
-    if not resume:
-        return None
-    if resume == LATEST:
-        return latest_checkpoint(directory)
-    path = Path(resume)
-    if not path.is_dir():
-        raise CheckpointError(f"train.resume: no checkpoint folder {path}")
-    if not (path / META).is_file():
-        raise CheckpointError(f"train.resume: {path} is not a complete checkpoint ({META} missing; "
-                              "was its save interrupted?)")
-    return path
-
-
-def read_meta(path: Path) -> Dict[str, Any]:
-    """``meta.json`` of a checkpoint; one that does not parse is damage, named as such."""
-    try:
-        meta = json.loads((path / META).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointDamaged(path, [f"{META} does not read as JSON ({e})"]) from None
-    if not isinstance(meta, dict) or "step" not in meta:
-        raise CheckpointDamaged(path, [f"{META} holds no step"])
-    return meta
-
-
-def _older_complete(directory: Path, newest: Path) -> List[Path]:
-    """Complete checkpoints of ``directory`` older than ``newest``, newest first:
-    where ``resume=latest`` may fall back when the newest is damaged."""
-    m = _STEP_DIR.fullmatch(newest.name)
-    limit = int(m.group(1)) if m else -1
-    steps = ((int(m.group(1)), p) for p in directory.iterdir()
-             if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name)) and (p / META).is_file())
-    return [p for s, p in sorted(steps, reverse=True) if s < limit]
-
-
-def verify_checkpoint(path: Path, env: DistEnv) -> Dict[str, Any]:
-    """Collective: ``meta.json`` of ``path``, after checking that every file it lists is
-    there with its size and checksum; else :class:`CheckpointDamaged` on every rank.
-    The files are spread over the ranks (largest first, round robin), so each reads
-    about 1/world of the checkpoint."""
-    problems: List[str] = []
-    try:
-        meta = read_meta(path)
-    except CheckpointDamaged as e:
-        meta, problems = {}, e.problems
-    files = meta.get("files")
-    if not problems and files is not None:
-        by_size = sorted(files, key=lambda n: (-files[n]["bytes"], n))
-        problems = check_files(path, meta, by_size[env.rank::env.world_size])
-    everyone: List[Any] = [None] * env.world_size
-    dist.all_gather_object(everyone, problems)
-    problems = [p for found in everyone for p in found]
-    if problems:
-        raise CheckpointDamaged(path, problems)
-    if files is None and env.is_main:
-        logger.warning("%s was saved without file checksums (by an older dlrm-dist): not verified", path)
-    return meta
-
-
-def find_resume(resume: str, directory: Path, env: DistEnv) -> Optional[Path]:
-    """:func:`resolve_resume` decided on rank 0 for all ranks, then verified by all
-    (:func:`verify_checkpoint`); a problem raises the same :class:`CheckpointError` on
-    every rank (no rank is left waiting in a collective). A damaged checkpoint named by
-    path stops the run; ``resume=latest`` falls back to the newest older complete
-    checkpoint that verifies, with a warning naming the damage."""
-    candidates: List[Path] = []
-    problem = ""
-    if env.is_main:
-        try:
-            found = resolve_resume(resume, directory)
-            if found is not None:
-                candidates = [found] + (_older_complete(directory, found) if resume == LATEST else [])
-        except CheckpointError as e:
-            problem = str(e)
-    candidates, problem = broadcast_object((candidates, problem), env)
-    if problem:
-        raise CheckpointError(problem)
-    if resume == LATEST and not candidates and env.is_main:
-        logger.info("train.resume=latest: no checkpoint in %s yet; starting fresh", directory)
-    bad: List[CheckpointDamaged] = []
-    for path in candidates:
-        try:
-            verify_checkpoint(path, env)
-        except CheckpointDamaged as e:
-            bad.append(e)
-            continue
-        if bad:
-            _fall_back(bad, path, env)
-        return path
-    first = bad[0] if bad else None
-    if first is not None:
-        older = f"; no older complete checkpoint in {directory} verifies either" if resume == LATEST else ""
-        raise CheckpointDamaged(first.path, first.problems, older)
-    return None
-
-
-def _fall_back(bad: List[CheckpointDamaged], good: Path, env: DistEnv) -> None:
-    """``resume=latest`` over damaged checkpoints: rank 0 moves each aside (renamed
-    ``step-N.damaged-TIME``, kept for a look, never pruned) and points ``latest`` at
-    ``good``, so that this run saves its own ``step-N`` again; every rank waits."""
-    if env.is_main:
-        moved = []
-        for e in bad:
-            aside = e.path.with_name(f"{e.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            e.path.rename(aside)
-            moved.append(aside.name)
-        write_text_atomic(good.parent / LATEST, good.name + "\n")
-        logger.warning("%s. train.resume=latest: resuming from %s instead, the newest older checkpoint that "
-                       "verifies (moved aside: %s)", bad[0].summary(), good, ", ".join(moved))
-    dist.barrier()
 
 
 def run_facts(cfg: Config, plan: Any, env: DistEnv) -> Dict[str, Any]:
@@ -360,7 +241,7 @@ class Checkpointer:
         incomplete ones older than the newest (killed saves)."""
         steps = sorted(
             (int(m.group(1)), p) for p in self.directory.iterdir()
-            if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name)) and int(m.group(1)) <= newest
+            if p.is_dir() and (m := STEP_DIR.fullmatch(p.name)) and int(m.group(1)) <= newest
         )
         complete = [p for _, p in steps if (p / META).is_file()]
         keep = set(complete[-self.keep:]) if self.keep else set(complete)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -43,7 +44,13 @@ from torch.distributed.checkpoint.planner import ReadItem
 from dlrm_dist.core.errors import UserError
 
 HASH = "xxh3_128"
+# The layout of a step-N folder (see dlrm_dist.training.checkpoint)
 DCP_METADATA = ".metadata"
+META = "meta.json"
+CONFIG = "config.yaml"
+RANK_STATE = "rank-{rank}.json"
+LATEST = "latest"  # beside the step-N folders: the name of the newest complete one
+STEP_DIR = re.compile(r"step-(\d+)")
 
 
 class CheckpointError(UserError):

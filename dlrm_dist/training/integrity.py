@@ -104,9 +104,11 @@ def check_file(directory: Path, name: str, recorded: Dict[str, Any]) -> str:
     return ""
 
 
-def check_files(directory: Path, meta: Dict[str, Any], names: Optional[Iterable[str]] = None) -> List[str]:
+def check_files(directory: Path, meta: Dict[str, Any], names: Optional[Iterable[str]] = None,
+                checksums: bool = True) -> List[str]:
     """Problems of the recorded files ``names`` (default: every file meta.json lists),
-    one line each, cheapest checks first (all sizes before any checksum)."""
+    one line each, cheapest checks first (all sizes before any checksum; only those
+    with ``checksums=False``)."""
     files: Dict[str, Dict[str, Any]] = meta.get("files", {})
     chosen = sorted(files if names is None else names)
     problems = [f"{n} is not listed in meta.json" for n in chosen if n not in files]
@@ -115,7 +117,7 @@ def check_files(directory: Path, meta: Dict[str, Any], names: Optional[Iterable[
         path = directory / n
         if not path.is_file() or path.stat().st_size != files[n]["bytes"]:
             problems.append(check_file(directory, n, files[n]))
-    if problems:
+    if problems or not checksums:
         return problems
     return [p for p in (check_file(directory, n, files[n]) for n in chosen) if p]
 

@@ -7,18 +7,27 @@ damaged checkpoint named by path stops the run on every rank with one line;
 under ``latest`` the newest older complete checkpoint that verifies is taken
 instead, the damaged folder moved aside (renamed, never deleted) and ``latest``
 pointed at the one taken, so this run's own save of that step starts clean.
+
+``python -m dlrm_dist.training.resume TRAIN_ARGS`` runs the cheap part of that
+check (every listed file there, with its size) in one process, before a
+restarting launcher starts torchrun: torchrun restarts a failed group whatever
+its exit code, so a checkpoint cut short or missing a file must stop the job
+before the first attempt, or every attempt would meet it again.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch.distributed as dist
 
+from dlrm_dist.core.errors import entry_point
 from dlrm_dist.core.files import write_text_atomic
 from dlrm_dist.training.distributed import DistEnv, broadcast_object
 from dlrm_dist.training.integrity import LATEST, META, STEP_DIR, CheckpointDamaged, CheckpointError, check_files
@@ -148,3 +157,52 @@ def _fall_back(bad: List[CheckpointDamaged], good: Path, env: DistEnv) -> None:
         logger.warning("%s. train.resume=latest: resuming from %s instead, the newest older checkpoint that "
                        "verifies (moved aside: %s)", bad[0].summary(), good, ", ".join(moved))
     dist.barrier()
+
+
+def precheck(resume: str, directory: Optional[Path]) -> Optional[Path]:
+    """One process, no ranks: the checkpoint ``resume`` would take, if every file its
+    ``meta.json`` lists is there with its recorded size (no checksums: that is the
+    ranks' share-out, and a launcher on every node would read the whole checkpoint
+    each); else :class:`CheckpointDamaged`. ``latest`` passes when an older complete
+    checkpoint passes (the ranks will fall back to it and say so)."""
+    if not resume or (resume == LATEST and (directory is None or not directory.is_dir())):
+        return None
+    found = resolve_resume(resume, directory or Path("."))
+    candidates = [] if found is None else [found] + (_older_complete(found.parent, found) if resume == LATEST else [])
+    first: Optional[CheckpointDamaged] = None
+    for path in candidates:
+        try:
+            problems = check_files(path, read_meta(path), checksums=False)
+        except CheckpointDamaged as e:
+            problems = e.problems
+        if not problems:
+            return path
+        first = first or CheckpointDamaged(path, problems)
+    if first is not None:
+        older = f"; no older complete checkpoint in {first.path.parent} is whole either" if resume == LATEST else ""
+        raise CheckpointDamaged(first.path, first.problems, older)
+    return None
+
+
+@entry_point("dlrm-dist train")
+def main(argv: Optional[List[str]] = None) -> int:
+    """The arguments of ``dlrm_dist.train``; exit 0 (nothing printed) when the run can
+    start, 2 with one line when its checkpoint is incomplete or damaged."""
+    from dlrm_dist.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m dlrm_dist.training.resume", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is a UserError too: one line, exit 2
+    if cfg.train.checkpoint_dir:
+        directory: Optional[Path] = Path(cfg.train.checkpoint_dir)
+    else:  # without --run-dir, train makes a new timestamped run dir: nothing to resume there
+        directory = Path(args.run_dir) / "checkpoints" if args.run_dir else None
+    precheck(cfg.train.resume, directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ the last node to finish writes manifest.json, see dlrm_dist.prep.preprocess):
 types at run time to parse the command line.)
 """
 
+import shlex
 from typing import Dict, List, Optional
 
 from torchx import specs
@@ -64,8 +65,10 @@ def train(
     )
     role = app.roles[0]
     if max_restarts:
-        # dist.ddp runs ``bash -c "torchrun ..."``: add torchrun's own restart flag.
+        # dist.ddp runs ``bash -c "torchrun ..."``: add torchrun's own restart flag, after a check
+        # of the checkpoint to resume (torchrun would restart a damaged one's failure as a fault).
         role.args = [a.replace("torchrun ", f"torchrun --max-restarts {max_restarts} ", 1) for a in role.args]
+        role.args[-1] = f"python -m dlrm_dist.training.resume {shlex.join(script_args)} && {role.args[-1]}"
     return app
 
 

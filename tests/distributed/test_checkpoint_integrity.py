@@ -164,3 +164,21 @@ def test_latest_falls_back_past_damage_and_metrics_read_as_one_run(saved: Path, 
     assert len(superseded) == sum(1 for e in first if e["step"] > 8)
     loss = lambda evs: {e["step"]: e["loss"] for e in evs if e["event"] == "train"}  # noqa: E731
     assert loss(events) == loss(first)  # the redone steps give the same losses
+
+
+def test_a_cut_checkpoint_is_not_retried_under_restarts(saved: Path, tmp_path: Path):
+    """The issue's case: one rank's .distcp cut to half, resumed under the restarting
+    torchx component. The check before torchrun stops the job: one error line, no
+    rank started, no attempt retried."""
+    run_dir = _copy(saved, tmp_path)
+    step = run_dir / "checkpoints/step-16"
+    shard = _shard(step, 1)
+    what = _truncate(shard)
+    cmd = ["torchx", "run", "-s", "local_cwd", "launchers/dlrm.py:train", "-j", "1x2", "--max_restarts", "2",
+           "--", "--run-dir", str(run_dir)] + BASE + [f"train.resume={step}", "train.max_steps=20"]
+    proc = run_cmd(cmd, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    errors = [line for line in out.splitlines() if "dlrm-dist train: error:" in line]
+    assert len(errors) == 1 and f"checkpoint {step} is damaged: {shard.name} {what}" in errors[0], out[-4000:]
+    assert "will restart worker group" not in out and "[rank 0]" not in out  # torchrun never started

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from dlrm_dist.core.errors import entry_point
 from dlrm_dist.core.files import write_text_atomic
 from dlrm_dist.training.distributed import DistEnv, broadcast_object
-from dlrm_dist.training.integrity import LATEST, META, STEP_DIR, CheckpointDamaged, CheckpointError, check_files
+from dlrm_dist.training.integrity import (HASH, LATEST, META, STEP_DIR, CheckpointDamaged, CheckpointError,
+                                          check_files)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ def read_meta(path: Path) -> Dict[str, Any]:
         raise CheckpointDamaged(path, [f"{META} does not read as JSON ({e})"]) from None
     if not isinstance(meta, dict) or "step" not in meta:
         raise CheckpointDamaged(path, [f"{META} holds no step"])
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointDamaged(path, [f"{META}: its files entry is not a map of file names"])
+    bad = [n for n, e in files.items()
+           if not (isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get(HASH), str))]
+    if bad:
+        raise CheckpointDamaged(path, [f"{META}: its files entry {bad[0]!r} is not {{bytes, {HASH}}}"])
     return meta
 
 

@@ -10,6 +10,7 @@
     state_dict  the ``DLRM`` / ``DLRM_DCN`` module's tensors; for fp16 / int8 those of
                 TorchRec's quantized EmbeddingBagCollection (uint8 rows, int8 with
                 each row's scale and bias inline, as fbgemm stores them)
+    checksums   {key: XXH3-128 of the tensor's bytes}, checked at load
 
 It is read with ``torch.load(weights_only=True)``: a file holding any other
 Python object (a pickled module, or a crafted pickle that would run a command)
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
+import xxhash
 import yaml
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -71,9 +73,26 @@ def save_model_file(path: Path, exported: ExportedModel) -> None:
     # writes a storage once however many views share it.
     state = {k: v.detach() for k, v in exported.model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "dtype": exported.dtype, "config": to_yaml(exported.cfg),
-               "source": json.loads(json.dumps(exported.source)), "state_dict": state}
+               "source": json.loads(json.dumps(exported.source)), "state_dict": state,
+               "checksums": {k: tensor_digest(v) for k, v in state.items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """XXH3-128 of a tensor's bytes. torch.save's zip records a CRC32 per entry but
+    torch.load never checks it: bytes flipped inside a tensor load silently."""
+    return xxhash.xxh3_128(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def _check_tensors(path: Path, state: Dict[str, Any], checksums: Any) -> None:
+    if not isinstance(checksums, dict) or set(checksums) != set(state):
+        raise ExportedModelError(f"{path}: its checksums do not list its tensors: damaged, or not written by "
+                                 "`dlrm-dist export`")
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or tensor_digest(tensor) != checksums[key]:
+            raise ExportedModelError(f"{path}: tensor '{key}' does not match the checksum recorded at export "
+                                     "(the file is damaged): export it again")
 
 
 def build_serving_model(cfg: Config, dtype: str) -> nn.Module:
@@ -135,6 +154,7 @@ def load_model_file(path: Path) -> ExportedModel:
     dtype = payload.get("dtype")
     if dtype not in ("fp32", *QUANTIZED) or not isinstance(payload.get("state_dict"), dict):
         raise ExportedModelError(f"{path}: model file without a known dtype ({dtype!r}) or state_dict")
+    _check_tensors(path, payload["state_dict"], payload.get("checksums"))
     model = build_serving_model(cfg, dtype)
     try:  # fp32: assign the loaded tensors (tables on meta); quantized: copy into fbgemm's buffer
         model.load_state_dict(payload["state_dict"], strict=True, assign=dtype not in QUANTIZED)

@@ -411,3 +411,24 @@ def test_export_refuses_checkpoint_metadata_that_would_run_code(trained, tmp_pat
     (step / "meta.json").write_text(json.dumps(meta))
     _refused_in_a_subprocess(["export", str(step), "--output", str(tmp_path / "m.pt")], marker,
                              f"{step / '.metadata'}: refused posix.system", "could run code")
+
+
+def test_predict_refuses_a_model_file_with_flipped_bytes(trained, capsys, tmp_path):
+    """torch.load never checks the zip's CRCs: bytes flipped inside a tensor's data
+    load silently. The checksums export records catch them, naming the tensor."""
+    import zipfile
+
+    model = tmp_path / "model.pt"
+    assert _cli(capsys, "export", str(trained["step"]), "--output", str(model))[0] == 0
+    with zipfile.ZipFile(model) as z:
+        entry = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor storage
+    with open(model, "r+b") as f:  # its data starts after the local header, name and extra field
+        f.seek(entry.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        middle = entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+        f.seek(middle)
+        chunk = f.read(64)
+        f.seek(middle)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    _assert_refused(capsys, ["predict", "--model", str(model), "--data", str(trained["npy"]),
+                             "--output", str(tmp_path / "p.npy")], str(model), "does not match the checksum")

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from dlrm_dist.core.errors import entry_point
 from dlrm_dist.core.files import write_text_atomic
-from dlrm_dist.training.distributed import DistEnv, broadcast_object
+from dlrm_dist.training.distributed import DistEnv, broadcast_object, first_error
 from dlrm_dist.training.integrity import (HASH, LATEST, META, STEP_DIR, CheckpointDamaged, CheckpointError,
                                           check_files)
 
@@ -154,17 +154,26 @@ def find_resume(resume: str, directory: Path, env: DistEnv) -> Optional[Path]:
 def _fall_back(bad: List[CheckpointDamaged], good: Path, env: DistEnv) -> None:
     """``resume=latest`` over damaged checkpoints: rank 0 moves each aside (renamed
     ``step-N.damaged-TIME``, kept for a look, never pruned) and points ``latest`` at
-    ``good``, so that this run saves its own ``step-N`` again; every rank waits."""
+    ``good``, so that this run saves its own ``step-N`` again. Every rank learns if
+    that failed (a read-only folder): all stop with one line, none waits alone."""
+    problem = ""
     if env.is_main:
         moved = []
-        for e in bad:
-            aside = e.path.with_name(f"{e.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            e.path.rename(aside)
-            moved.append(aside.name)
-        write_text_atomic(good.parent / LATEST, good.name + "\n")
-        logger.warning("%s. train.resume=latest: resuming from %s instead, the newest older checkpoint that "
-                       "verifies (moved aside: %s)", bad[0].summary(), good, ", ".join(moved))
-    dist.barrier()
+        try:
+            for e in bad:
+                aside = e.path.with_name(f"{e.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                e.path.rename(aside)
+                moved.append(aside.name)
+            write_text_atomic(good.parent / LATEST, good.name + "\n")
+        except OSError as e:
+            problem = (f"{bad[0].summary()}; train.resume=latest would resume from {good}, but cannot move the "
+                       f"damaged checkpoint aside ({e})")
+        else:
+            logger.warning("%s. train.resume=latest: resuming from %s instead, the newest older checkpoint that "
+                           "verifies (moved aside: %s)", bad[0].summary(), good, ", ".join(moved))
+    problem = first_error(problem, env)
+    if problem:
+        raise CheckpointError(problem)
 
 
 def precheck(resume: str, directory: Optional[Path]) -> Optional[Path]:

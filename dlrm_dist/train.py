@@ -145,7 +145,7 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
     dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, sharding_cfg, env, run_dir)
     state = TrainState()
     if resume_from is not None:
-        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler, env)
+        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler, env, verify=False)  # find_resume did
         state = TrainState(meta["step"], meta["epoch"])
         ckpt.warn_if_changed(meta, cfg, env)
         logger.info("resumed from %s at step %d", resume_from, state.step)
@@ -154,7 +154,7 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
         checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env),
                                          to_yaml(cfg))
 
-    sink = MetricsSink(run_dir, env, cfg.metrics)
+    sink = MetricsSink(run_dir, env, cfg.metrics, resumed_from=resume_from)
     try:
         loader = functools.partial(make_loader, device=env.device, num_workers=cfg.data.num_workers,
                                    prefetch_factor=cfg.data.prefetch_factor)

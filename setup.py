@@ -42,6 +42,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "matplotlib>=3.7",
+        "xxhash>=3.0",  # checkpoint file checksums (dlrm_dist.training.integrity)
     ],
     # kubernetes: torchx's kubernetes scheduler (and its --dryrun); <29 keeps urllib3 < 2 for torchx 0.7
     extras_require={"test": ["pytest>=7", "kubernetes>=26,<29"], "kubernetes": ["kubernetes>=26,<29"]},

@@ -58,7 +58,7 @@ def _train(cfg: Config, config_path: str, run_dir_arg: Optional[str], env: "Dist
     from dlrm_dist.training.trainer import log_summary
 
     run = build_run(cfg, env, run_dir_arg, config_path)
-    sink = MetricsSink(run.run_dir, env, cfg.metrics)
+    sink = MetricsSink(run.run_dir, env, cfg.metrics, resumed_from=run.resumed_from)
     try:
         summary = fit(run, sink)
     finally:

@@ -34,6 +34,7 @@ the last node to finish writes manifest.json, see dlrm_dist.prep.preprocess):
 types at run time to parse the command line.)
 """
 
+import shlex
 from typing import Dict, List, Optional, Tuple
 
 from torchx import specs
@@ -113,8 +114,10 @@ def train(
     if role.resource.gpu > 0:  # --gpu, or the GPUs of the named resource -h
         role.env.setdefault(EXPECT_GPUS_ENV, str(role.resource.gpu))
     if max_restarts:
-        # dist.ddp runs ``bash -c "torchrun ..."``: add torchrun's own restart flag.
+        # dist.ddp runs ``bash -c "torchrun ..."``: add torchrun's own restart flag, after a check
+        # of the checkpoint to resume (torchrun would restart a damaged one's failure as a fault).
         role.args = [a.replace("torchrun ", f"torchrun --max-restarts {max_restarts} ", 1) for a in role.args]
+        role.args[-1] = f"python -m dlrm_dist.training.resume {shlex.join(script_args)} && {role.args[-1]}"
     return app
 
 

@@ -27,6 +27,7 @@ the tensor: a config that does not match would otherwise load garbage.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import sys
 import time
@@ -38,9 +39,9 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader
 
-from dlrm_dist.training.checkpoint import CONFIG, LATEST, META, MODEL_KEY, CheckpointError, latest_checkpoint, read_meta
+from dlrm_dist.training.checkpoint import CONFIG, LATEST, META, MODEL_KEY, RANK_STATE, latest_checkpoint, read_meta
+from dlrm_dist.training.integrity import CheckpointDamaged, CheckpointError, SafeLoadPlanner, SafeReader, check_files
 from dlrm_dist.config import Config, ConfigError, load_config
 from dlrm_dist.core.errors import entry_point
 from dlrm_dist.model import EBC_PATH, build_model, embedding_bag_collection
@@ -92,9 +93,12 @@ def open_checkpoint(path: Path, config: Optional[Path] = None) -> SavedCheckpoin
         missing = META if (path / ".metadata").is_file() else ".metadata"
         raise CheckpointError(f"{path}: incomplete checkpoint: no {missing} (its save did not finish, "
                               "or another program wrote it)")
+    meta = read_meta(path)  # CheckpointDamaged if it does not parse
+    verify_model_files(path, meta, read_config=config is None)
     try:
-        meta = read_meta(path)
-        metadata = FileSystemReader(str(path)).read_metadata()
+        metadata = SafeReader(str(path)).read_metadata()
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     prefix = MODEL_KEY + "."
@@ -109,6 +113,23 @@ def open_checkpoint(path: Path, config: Optional[Path] = None) -> SavedCheckpoin
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config does not load: {e}") from None
     return SavedCheckpoint(path, cfg, config_path, meta, shapes)
+
+
+def verify_model_files(path: Path, meta: Dict[str, Any], read_config: bool = True) -> None:
+    """Every file export reads (all but the per-rank LR state, and config.yaml when
+    ``--config`` replaces it) has the size and checksum meta.json recorded at save,
+    checked before any is read; else :class:`CheckpointDamaged`. An edited config.yaml
+    fails too: pass the changed config with ``--config`` instead."""
+    files = meta.get("files")
+    if files is None:
+        logging.getLogger(__name__).warning("%s was saved without file checksums (by an older dlrm-dist): "
+                                            "not verified", path)
+        return
+    rank_state = RANK_STATE.format(rank="*")
+    skipped = [rank_state] + ([] if read_config else [CONFIG])
+    problems = check_files(path, meta, [n for n in files if not any(fnmatch.fnmatch(n, s) for s in skipped)])
+    if problems:
+        raise CheckpointDamaged(path, problems)
 
 
 def check_model_matches(ckpt: SavedCheckpoint, model: nn.Module) -> None:
@@ -133,7 +154,7 @@ def _read(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
     state = {MODEL_KEY: dict(tensors)}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, storage_reader=FileSystemReader(str(path)), no_dist=True)
+        dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(), no_dist=True)
     for key, tensor in tensors.items():
         if state[MODEL_KEY][key] is not tensor:  # DCP may hand back a new tensor
             tensor.copy_(state[MODEL_KEY][key])

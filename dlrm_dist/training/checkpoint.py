@@ -5,7 +5,8 @@ Layout of ``train.checkpoint_dir`` (default ``<run_dir>/checkpoints``)::
     step-20/        DCP files of every rank (model + optimizer), rank-{r}.json of
                     every rank, config.yaml (the resolved config: ``dlrm-dist
                     export`` rebuilds the model from it), then meta.json (written
-                    last: the checkpoint is complete)
+                    last: the checkpoint is complete; it lists every other file
+                    with its size and checksum, see ``integrity``)
     step-40/
     latest          one line, "step-40": the newest *complete* checkpoint
 
@@ -40,6 +41,10 @@ atomic). A save killed half way leaves a ``step-N/`` without ``meta.json`` that
 that fails (a full disk) raises :class:`CheckpointError` on every rank, after
 rank 0 deleted the partial ``step-N/``; ``latest`` still names the previous one.
 
+Before a load every file is checked against ``meta.json`` (``resume``,
+``integrity``): a damaged checkpoint stops the run by name before DCP reads a
+byte, and nothing in it is unpickled beyond DCP's metadata classes.
+
 The files must be on a file system every rank sees (one host, or NFS / Lustre
 on a cluster).
 """
@@ -51,10 +56,10 @@ import errno
 import hashlib
 import json
 import logging
-import re
 import shutil
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
@@ -65,77 +70,29 @@ from torch import nn
 
 from dlrm_dist.training import faults
 from dlrm_dist.config import Config, ShardingConfig, TableConstraintConfig
-from dlrm_dist.training.distributed import DistEnv, broadcast_object, collectively, first_error
-from dlrm_dist.core.errors import UserError
+from dlrm_dist.training.distributed import DistEnv, collectively, first_error
 from dlrm_dist.core.files import write_text_atomic
+from dlrm_dist.training.integrity import (CONFIG, DCP_METADATA, HASH, LATEST, META, RANK_STATE, STEP_DIR,
+                                          CheckpointDamaged, CheckpointError, SafeLoadPlanner, SafeReader, describe,
+                                          rank_files)
+from dlrm_dist.training.resume import find_resume, latest_checkpoint, read_meta, resolve_resume, verify_checkpoint
 from dlrm_dist.model import feature_name
 from dlrm_dist.training.sharding import plan_sharding_types
 
 logger = logging.getLogger(__name__)
 
 MODEL_KEY = "model"  # the app state entry holding the model's state_dict
-LATEST = "latest"
-META = "meta.json"
-CONFIG = "config.yaml"
-RANK_STATE = "rank-{rank}.json"
-_STEP_DIR = re.compile(r"step-(\d+)")
-
-
-class CheckpointError(UserError):
-    """A checkpoint to resume from is missing or incomplete; the message names the path."""
+__all__ = [  # what train.py, export and the tests use; resume / integrity define some of it
+    "CONFIG", "LATEST", "META", "MODEL_KEY", "RANK_STATE", "CheckpointDamaged", "CheckpointError", "Checkpointer",
+    "config_digest", "find_resume", "latest_checkpoint", "load_checkpoint", "pin_sharding_types", "read_meta",
+    "resolve_resume", "run_facts", "warn_if_changed",
+]
 
 
 def config_digest(cfg: Config) -> str:
     """Hash of the sections a resumed run should share with the saved one."""
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "model", "optim")}
     return hashlib.sha256(yaml.safe_dump(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def latest_checkpoint(directory: Path) -> Optional[Path]:
-    """The complete checkpoint ``directory/latest`` names, or None when there is none."""
-    pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    path = directory / pointer.read_text().strip()
-    if not (path / META).is_file():
-        raise CheckpointError(f"{pointer} names {path}, which holds no complete checkpoint ({META} missing)")
-    return path
-
-
-def resolve_resume(resume: str, directory: Path) -> Optional[Path]:
-    """``train.resume`` -> the ``step-N`` folder to load, or None to start fresh."""
-    if not resume:
-        return None
-    if resume == LATEST:
-        return latest_checkpoint(directory)
-    path = Path(resume)
-    if not path.is_dir():
-        raise CheckpointError(f"train.resume: no checkpoint folder {path}")
-    if not (path / META).is_file():
-        raise CheckpointError(f"train.resume: {path} is not a complete checkpoint ({META} missing; "
-                              "was its save interrupted?)")
-    return path
-
-
-def read_meta(path: Path) -> Dict[str, Any]:
-    return json.loads((path / META).read_text())
-
-
-def find_resume(resume: str, directory: Path, env: DistEnv) -> Optional[Path]:
-    """:func:`resolve_resume` decided on rank 0 for all ranks; a problem raises the
-    same :class:`CheckpointError` on every rank (no rank is left waiting in a collective)."""
-    found, problem = None, ""
-    if env.is_main:
-        try:
-            found = resolve_resume(resume, directory)
-        except CheckpointError as e:
-            problem = str(e)
-    found, problem = broadcast_object((found, problem), env)
-    if problem:
-        raise CheckpointError(problem)
-    if resume == LATEST and found is None and env.is_main:
-        logger.info("train.resume=latest: no checkpoint in %s yet; starting fresh", directory)
-    return found
 
 
 def run_facts(cfg: Config, plan: Any, env: DistEnv) -> Dict[str, Any]:
@@ -254,18 +211,24 @@ class Checkpointer:
         try:
             dcp.save(_app_state(model, optimizer), checkpoint_id=path,
                      storage_writer=faults.storage_writer(path, self.env.rank, step))
-            write_text_atomic(path / RANK_STATE.format(rank=self.env.rank),
-                              json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
+            state_file = RANK_STATE.format(rank=self.env.rank)
+            write_text_atomic(path / state_file, json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
+            written = describe(path, rank_files(path, self.env.rank, state_file))  # sizes and checksums
             failure = ""
         except (Exception, CheckpointException) as e:  # DCP's (a BaseException; raised on every rank) or an OSError
-            failure, error = f"{type(e).__name__}: {e}", e
+            failure, error, written = f"{type(e).__name__}: {e}", e, {}
         if first_error(failure, self.env):  # every rank learns if any failed; none waits alone
             raise _save_failed(error if failure else RuntimeError("another rank's save failed"),
                                path, self.env)
+        everyone: List[Any] = [None] * self.env.world_size
+        dist.all_gather_object(everyone, written)
         if self.env.is_main:  # every rank's files are written
             if self.config_yaml:  # before meta.json, which marks the folder complete
                 write_text_atomic(path / CONFIG, self.config_yaml)
-            meta = {"step": step, "epoch": epoch, **self.meta}
+            files = {name: entry for rank_written in everyone for name, entry in rank_written.items()}
+            files.update(describe(path, [DCP_METADATA] + ([CONFIG] if self.config_yaml else [])))
+            meta = {"step": step, "epoch": epoch, **self.meta, "saved_at": time.time(), "hash": HASH,
+                    "files": files}
             write_text_atomic(path / META, json.dumps(meta, indent=1))
             write_text_atomic(self.directory / LATEST, path.name + "\n")
             self._prune(step)
@@ -278,7 +241,7 @@ class Checkpointer:
         incomplete ones older than the newest (killed saves)."""
         steps = sorted(
             (int(m.group(1)), p) for p in self.directory.iterdir()
-            if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name)) and int(m.group(1)) <= newest
+            if p.is_dir() and (m := STEP_DIR.fullmatch(p.name)) and int(m.group(1)) <= newest
         )
         complete = [p for _, p in steps if (p / META).is_file()]
         keep = set(complete[-self.keep:]) if self.keep else set(complete)
@@ -294,7 +257,15 @@ def restore_rank_state(path: Path, meta: Dict[str, Any], optimizer: Any,
     Returns how ("rank-0.json" or "rebuilt from step N") for the log."""
     step = meta["step"]
     file = path / RANK_STATE.format(rank=env.rank)
-    saved = json.loads(file.read_text()) if meta.get("world_size") == env.world_size and file.is_file() else None
+    saved = None
+    if meta.get("world_size") == env.world_size:  # its own file must be there: no silent fallback
+        try:
+            saved = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise CheckpointDamaged(path, [f"{file.name} is missing (saved on {env.world_size} ranks, "
+                                           f"each writes its own)"]) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointDamaged(path, [f"{file.name} does not read as JSON ({e})"]) from None
     if saved is not None:
         groups = saved["param_groups"]
         if len(groups) != len(optimizer.param_groups):
@@ -318,10 +289,12 @@ def restore_rank_state(path: Path, meta: Dict[str, Any], optimizer: Any,
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
-                    lr_scheduler: torch.optim.lr_scheduler.LambdaLR, env: DistEnv) -> Dict[str, Any]:
+                    lr_scheduler: torch.optim.lr_scheduler.LambdaLR, env: DistEnv,
+                    verify: bool = True) -> Dict[str, Any]:
     """Load ``path`` into the sharded model, the optimizer and the LR schedule, in
-    place, resharding as needed; return its meta (step, epoch ...). Collective."""
-    meta = read_meta(path)
+    place, resharding as needed; return its meta (step, epoch ...). Collective.
+    ``verify=False`` skips the file check when :func:`find_resume` just did it."""
+    meta = verify_checkpoint(path, env) if verify else read_meta(path)
     # KeyedOptimizer.load_state_dict copies into existing state tensors and DCP
     # loads into the tensors it is given, so lazily created state (torch's
     # Adam / Adagrad on the MLPs and data_parallel tables) must exist first: a
@@ -331,7 +304,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
             opt.init_state()
             opt.zero_grad(set_to_none=True)
     state = _app_state(model, optimizer)
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
     model.load_state_dict(state[MODEL_KEY])
     optimizer.load_state_dict(state["optim"])
     # FBGEMM's step counter (Adam's bias correction) is a buffer outside every

@@ -7,7 +7,8 @@
 * ``peak_rss_bytes``: the process's high-water resident memory.
 * ``MetricsSink``: rank 0 writes ``metrics.jsonl`` (one JSON object per event,
   each with ``step``), optional TensorBoard events, and log lines; every rank's
-  log lines carry its rank.
+  log lines carry its rank. A resumed run's file reads as one run: see
+  :func:`supersede`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import resource
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import psutil
 import torch
@@ -93,17 +94,66 @@ def peak_rss_bytes() -> int:
     return max(peak, psutil.Process().memory_info().rss)
 
 
+METRICS = "metrics.jsonl"
+SUPERSEDED = "metrics-superseded.jsonl"
+
+
+def _after(event: Dict[str, Any], step: int, saved_at: Optional[float]) -> bool:
+    """Was ``event`` logged after the checkpoint of ``step`` was saved? Any later
+    step was; at that very step, the evaluation after the save (the end of a run)
+    was too, which the time tells (the same rank 0 clock wrote both)."""
+    at = event.get("step", 0)
+    return at > step or (at == step and saved_at is not None and event.get("time", 0.0) > saved_at)
+
+
+def supersede(run_dir: Path, step: int, saved_at: Optional[float] = None) -> int:
+    """A run resumes from its checkpoint of ``step``: the events earlier attempts
+    logged after that checkpoint are redone, so they move from ``metrics.jsonl`` to
+    ``metrics-superseded.jsonl`` (kept, marked ``superseded_at_resume``), and the file
+    holds each step once: one curve. A torn last line (a killed writer) moves too.
+    Returns the number of events moved."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return 0
+    kept: List[str] = []
+    moved: List[str] = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            moved.append(json.dumps({"unreadable_line": line, "superseded_at_resume": step}))
+            continue
+        if _after(event, step, saved_at):
+            moved.append(json.dumps({**event, "superseded_at_resume": step}))
+        else:
+            kept.append(line)
+    if moved:  # the copy first: a crash in between leaves a duplicate there, never a loss
+        with open(run_dir / SUPERSEDED, "a") as f:
+            f.write("".join(m + "\n" for m in moved))
+        write_text_atomic(path, "".join(k + "\n" for k in kept))
+    return len(moved)
+
+
 class MetricsSink:
     """Rank 0 writes events; every rank may log."""
 
-    def __init__(self, run_dir: Path, env: DistEnv, cfg: MetricsConfig) -> None:
+    def __init__(self, run_dir: Path, env: DistEnv, cfg: MetricsConfig, resumed_from: Optional[Path] = None) -> None:
+        """``resumed_from``: the checkpoint this run resumed from; events logged after
+        it by earlier attempts are superseded (:func:`supersede`) and a ``resume``
+        event records it."""
         self.run_dir, self.env = run_dir, env
-        self._jsonl = open(run_dir / "metrics.jsonl", "a") if env.is_main else None
+        moved = 0
+        if env.is_main and resumed_from is not None:
+            meta = json.loads((Path(resumed_from) / "meta.json").read_text())
+            moved = supersede(run_dir, meta["step"], meta.get("saved_at"))
+        self._jsonl = open(run_dir / METRICS, "a") if env.is_main else None
         self._tb = None
         if env.is_main and cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if env.is_main and resumed_from is not None:
+            self.event("resume", meta["step"], {"checkpoint": str(resumed_from), "superseded_events": moved})
 
     def event(self, kind: str, step: int, values: Dict[str, Any]) -> None:
         if not self.env.is_main:

@@ -56,6 +56,8 @@ class Run:
     state: "TrainState"
     checkpointer: Optional["Checkpointer"]
     loader: "Loader"
+    resumed_from: Optional[Path] = None
+    """The checkpoint this run resumed from (its metrics sink sets earlier attempts' later events aside)."""
 
     def trainer(self, sink: "MetricsSink") -> "Trainer":
         from dlrm_dist.training.trainer import Trainer
@@ -166,7 +168,7 @@ def build_run(cfg: Config, env: "DistEnv", run_dir: Union[str, Path, None], conf
     dmp, plan, optimizer, lr_scheduler = build_sharded_model(cfg, sharding_cfg, env, run_dir)
     state = TrainState()
     if resume_from is not None:
-        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler, env)
+        meta = ckpt.load_checkpoint(resume_from, dmp, optimizer, lr_scheduler, env, verify=False)  # find_resume did
         state = TrainState(meta["step"], meta["epoch"])
         ckpt.warn_if_changed(meta, cfg, env)
         logger.info("resumed from %s at step %d", resume_from, state.step)
@@ -175,7 +177,7 @@ def build_run(cfg: Config, env: "DistEnv", run_dir: Union[str, Path, None], conf
         checkpointer = ckpt.Checkpointer(ckpt_dir, cfg.train.keep_checkpoints, env, ckpt.run_facts(cfg, plan, env),
                                          to_yaml(cfg))
     return Run(cfg, env, run_dir, data, dmp, plan, optimizer, lr_scheduler, state, checkpointer,
-               build_loader(cfg.data, env))
+               build_loader(cfg.data, env), resume_from)
 
 
 def fit(run: Run, sink: "MetricsSink") -> Any:

@@ -5,7 +5,9 @@ size, throughput, peak RSS) and draws ``metrics.jsonl`` with matplotlib:
 training loss and validation AUC against the step, one line per run, saved as
 ``report.png`` (or ``--output``). A run directory without ``summary.json`` is
 reported as unfinished rather than skipped, so a crashed run is never mistaken
-for a missing one.
+for a missing one. A resumed run is drawn as one curve: the training writes its
+file so (``metrics.MetricsSink(resumed_from=...)``), and :func:`one_curve` also
+reads files written before it did, where the redone steps appear twice.
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ def load_run(run_dir: Path) -> Dict:
     return {"summary": summary, "events": events}
 
 
+def one_curve(events: List[Dict]) -> List[Dict]:
+    """Events of one kind (train, val ...) as one curve: an event whose step is not
+    after the previous one's starts a redone stretch (a resumed attempt), which
+    replaces the earlier events from that step on."""
+    curve: List[Dict] = []
+    for event in events:
+        if event.get("superseded_at_resume") is not None:
+            continue
+        while curve and curve[-1]["step"] >= event["step"]:
+            curve.pop()
+        curve.append(event)
+    return curve
+
+
 def format_table(runs: Dict[str, Dict]) -> str:
     headers = ["run"] + [h for _, h, _ in COLUMNS]
     rows = []
@@ -77,8 +93,8 @@ def plot(runs: Dict[str, Dict], output: Path) -> None:
 
     fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for name, run in runs.items():
-        train = [e for e in run["events"] if e.get("event") == "train"]
-        val = [e for e in run["events"] if e.get("event") == "val"]
+        train = one_curve([e for e in run["events"] if e.get("event") == "train"])
+        val = one_curve([e for e in run["events"] if e.get("event") == "val"])
         if train:
             loss_ax.plot([e["step"] for e in train], [e["loss"] for e in train], marker=".", label=name)
         if val:

@@ -263,13 +263,20 @@ def test_a_config_that_does_not_match_is_refused(trained, capsys, tmp_path):
         step = _copy_step(trained, name)
         cfg = yaml.safe_load((step / "config.yaml").read_text())
         cfg["model"].update(change)
-        (step / "config.yaml").write_text(yaml.safe_dump(cfg))
-        _assert_refused(capsys, ["export", str(step), "--output", out], str(step), needle)
+        changed = tmp_path / f"{name}.yaml"  # an edited config.yaml beside it would be refused as changed
+        changed.write_text(yaml.safe_dump(cfg))
+        _assert_refused(capsys, ["export", str(step), "--output", out, "--config", str(changed)], str(step), needle)
+    step = _copy_step(trained, "edited")
+    (step / "config.yaml").write_text((step / "config.yaml").read_text().replace("num_embeddings: 100", "num_embeddings: 200"))
+    _assert_refused(capsys, ["export", str(step), "--output", out], f"checkpoint {step} is damaged: config.yaml has checksum")
 
 
 def test_old_checkpoint_takes_the_run_config_and_a_run_folder_its_latest(trained, capsys, tmp_path):
     step = _copy_step(trained, "old")
     shutil.move(step / "config.yaml", step.parent.parent / "config.yaml")  # as saved before step-N/config.yaml
+    meta = json.loads((step / "meta.json").read_text())
+    del meta["files"]  # and before meta.json listed the files: not verified (a warning says so)
+    (step / "meta.json").write_text(json.dumps(meta))
     (step.parent / "latest").write_text("step-16\n")
     code, stdout, stderr = _cli(capsys, "export", str(step.parent.parent), "--output", str(tmp_path / "m.pt"))
     assert code == 0, stderr
@@ -311,3 +318,117 @@ def test_dcn_model_from_one_rank_exports_and_predicts_its_val_auc(trained, capsy
     assert ours["rows"] == summary["val_rows"]  # 2048 rows: 8 whole batches on one rank
     assert abs(ours["auc"] - summary["val_auc"]) < 1e-4, (ours, summary)
     assert abs(ours["logloss"] - summary["val_logloss"]) < 1e-4
+
+
+# ------------------------------------------------------- damage and files that would run code
+
+
+def _flip_middle(path: Path, n: int = 65536) -> None:
+    data = bytearray(path.read_bytes())
+    lo = max(0, len(data) // 2 - n // 2)
+    data[lo:lo + n] = bytes(b ^ 0xFF for b in data[lo:lo + n])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_checkpoints_are_refused_on_export(trained, capsys, tmp_path):
+    """Flipped bytes in a table's shard, a shard cut to half, a missing shard: export
+    stops before reading a tensor, naming the checkpoint, the file and the fault. A
+    missing rank-1.json does not stop it: export never reads the LR state."""
+    out = str(tmp_path / "model.pt")
+    (shard,) = (p.name for p in trained["step"].glob("__1_*.distcp"))
+    flipped = _copy_step(trained, "flipped")
+    _flip_middle(flipped / shard)
+    _assert_refused(capsys, ["export", str(flipped), "--output", out], f"checkpoint {flipped} is damaged: {shard} "
+                    "has checksum", "its bytes changed after the save")
+    cut = _copy_step(trained, "cut")
+    size = (cut / shard).stat().st_size
+    (cut / shard).write_bytes((cut / shard).read_bytes()[:size // 2])
+    _assert_refused(capsys, ["export", str(cut), "--output", out],
+                    f"checkpoint {cut} is damaged: {shard} is {size // 2} bytes, meta.json recorded {size} (truncated)")
+    gone = _copy_step(trained, "gone")
+    (gone / shard).unlink()
+    _assert_refused(capsys, ["export", str(gone), "--output", out], f"checkpoint {gone} is damaged: {shard} is missing")
+    no_rank_state = _copy_step(trained, "no-rank-state")
+    (no_rank_state / "rank-1.json").unlink()
+    assert _cli(capsys, "export", str(no_rank_state), "--output", out)[0] == 0
+
+
+class _RunsACommand:
+    """A pickle whose loading runs ``touch MARKER``: what a crafted file can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _refused_in_a_subprocess(argv: list, marker: Path, *needles: str) -> None:
+    """``dlrm-dist ...`` as a user runs it: exit 2, one stderr line, the command never ran."""
+    proc = run_cmd([sys.executable, "-m", "dlrm_dist.cli", *argv], timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not marker.exists(), "the file's pickle ran a command"
+
+
+def test_predict_refuses_a_model_file_that_would_run_code(trained, tmp_path):
+    """A file with our format marker whose state_dict pickle runs a command, and a
+    file of the old format (the module pickled whole): both refused, unloaded."""
+    from dlrm_dist.serving.program import FORMAT, VERSION
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "dtype": "fp32", "config": "", "source": {},
+                "state_dict": _RunsACommand(marker)}, evil)
+    args = ["--data", str(trained["npy"]), "--output", str(tmp_path / "p.npy")]
+    _refused_in_a_subprocess(["predict", "--model", str(evil), *args], marker, f"{evil}: refused", "posix.system",
+                             "could run code")
+    old = tmp_path / "v1.pt"  # what dlrm-dist export wrote before: the module pickled whole
+    torch.save({"format": FORMAT, "version": 1, "model": torch.nn.Linear(2, 1)}, old)
+    _refused_in_a_subprocess(["predict", "--model", str(old), *args], marker, f"{old}: refused",
+                             "torch.nn.modules.linear.Linear", "export it again")
+    assert not (tmp_path / "p.npy").exists()
+
+
+def test_export_refuses_checkpoint_metadata_that_would_run_code(trained, tmp_path):
+    """DCP's .metadata is a pickle: one crafted to run a command, with meta.json's
+    checksum updated to match (whoever writes a checkpoint can write both), is refused
+    by name and never runs."""
+    import pickle
+
+    from dlrm_dist.training.integrity import HASH, file_digest
+
+    marker = tmp_path / "pwned"
+    step = _copy_step(trained, "crafted")
+    (step / ".metadata").write_bytes(pickle.dumps(_RunsACommand(marker)))
+    meta = json.loads((step / "meta.json").read_text())
+    meta["files"][".metadata"] = {"bytes": (step / ".metadata").stat().st_size, HASH: file_digest(step / ".metadata")}
+    (step / "meta.json").write_text(json.dumps(meta))
+    _refused_in_a_subprocess(["export", str(step), "--output", str(tmp_path / "m.pt")], marker,
+                             f"{step / '.metadata'}: refused posix.system", "could run code")
+
+
+def test_predict_refuses_a_model_file_with_flipped_bytes(trained, capsys, tmp_path):
+    """torch.load never checks the zip's CRCs: bytes flipped inside a tensor's data
+    load silently. The checksums export records catch them, naming the tensor."""
+    import zipfile
+
+    model = tmp_path / "model.pt"
+    assert _cli(capsys, "export", str(trained["step"]), "--output", str(model))[0] == 0
+    with zipfile.ZipFile(model) as z:
+        entry = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor storage
+    with open(model, "r+b") as f:  # its data starts after the local header, name and extra field
+        f.seek(entry.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        middle = entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+        f.seek(middle)
+        chunk = f.read(64)
+        f.seek(middle)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    _assert_refused(capsys, ["predict", "--model", str(model), "--data", str(trained["npy"]),
+                             "--output", str(tmp_path / "p.npy")], str(model), "does not match the checksum")

@@ -14,7 +14,8 @@ def test_component_adds_torchrun_restarts_and_runs_our_module():
     app = train("--config", "configs/smoke.yaml", j="2x8", gpu=8, max_restarts=3)
     role = app.roles[0]
     cmd = role.args[-1]
-    assert cmd.startswith("torchrun --max-restarts 3 ")
+    # the checkpoint to resume is checked before torchrun, which would retry a damaged one
+    assert cmd.startswith("python -m dlrm_dist.training.resume --config configs/smoke.yaml && torchrun --max-restarts 3 ")
     assert "--nnodes 2" in cmd and "--nproc_per_node 8" in cmd
     assert "-m dlrm_dist.train --config configs/smoke.yaml" in cmd
     assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"

@@ -7,7 +7,9 @@ high-water mark, so every mode needs its own).
 ``exact`` and ``binned`` are ``EvalMetrics`` as training builds it (thresholds 0 or
 N); ``torchmetrics_binned`` is what ``EvalMetrics`` used before issue 15:
 torchmetrics' ``BinaryAUROC(thresholds=N)``. Prints one JSON line: the peak RSS
-before the first update (imports, data) and after ``compute``, in bytes.
+before the first update (imports, data), the resident memory just before it
+(``rss_before_bytes``: what the evaluation grows from; the import's high-water
+mark can hide a small growth) and the peak after ``compute``, in bytes.
 ``--limit-gb`` caps the address space so the old path fails with a MemoryError
 instead of taking a shared machine's RAM.
 """
@@ -32,6 +34,7 @@ def main() -> int:
         cap = int(args.limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
+    import psutil
     import torch
     from torchmetrics.classification import BinaryAUROC
 
@@ -46,6 +49,7 @@ def main() -> int:
     if args.mode == "torchmetrics_binned":
         metrics.auroc = BinaryAUROC(thresholds=args.thresholds)
     before = peak_rss_bytes()
+    rss_before = psutil.Process().memory_info().rss
     try:
         for i in range(args.batches):
             metrics.update(logits[i], labels[i])
@@ -56,6 +60,7 @@ def main() -> int:
         return 3
     print(json.dumps({"mode": args.mode, "batch_size": args.batch_size, "thresholds": args.thresholds,
                       "batches": args.batches, "auc": auc, "peak_rss_before_bytes": before,
+                      "rss_before_bytes": rss_before,
                       "peak_rss_bytes": peak_rss_bytes()}))
     return 0
 

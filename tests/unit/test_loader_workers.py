@@ -192,3 +192,21 @@ def test_a_spawned_worker_rebuilds_the_spec_by_name():
     other = batches._shared_spec("never-seen", definition)  # as in a fresh process
     assert other is not spec and other.definition == spec.definition
     assert pickle.loads(pickle.dumps(other)) is other
+
+
+def test_a_raw_batch_crosses_processes_as_one_buffer(days):
+    """What a worker sends: one byte buffer (one shared-memory hand-off, not one per
+    tensor) that unpickles into the same tensors, with the receiving process's spec."""
+    import pickle
+
+    split = criteo(days, multi_hot_sizes=MULTI_HOT)
+    split.deliver = "raw_ids"
+    raw = next(iter(split))
+    for sent in (raw, raw.with_values()):  # a GPU job's ids as stored; a CPU job's finished values
+        fn, (packed, _layout, _spec) = sent.__reduce__()
+        assert packed.dtype == torch.uint8 and packed.dim() == 1
+        back = pickle.loads(pickle.dumps(sent))
+        assert back.spec is split.spec
+        for a, b in zip(sent._tensors(), back._tensors()):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        assert signature([back]) == signature([sent])

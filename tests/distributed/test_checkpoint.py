@@ -36,7 +36,7 @@ from tests.conftest import run_cmd
 
 BASE = [
     "--config", "configs/smoke.yaml", "data.val_samples=4096", "data.test_samples=4096",
-    "metrics.progress_bar=false",
+    "metrics.progress_bar=false", "dist.device=cpu",  # 2 CPU ranks, on a GPU host too
     "optim.schedule.warmup_steps=10", "optim.schedule.decay_start_step=15", "optim.schedule.decay_steps=40",
 ]
 SETUPS: Dict[str, List[str]] = {
@@ -229,7 +229,7 @@ def test_fused_optimizer_counter_is_exact_across_evaluation_and_resume(tmp_path:
     from step 8 must reach step 16 with the uninterrupted run's counter, not one set
     from the step (the counter-based optimizers' bias correction reads it)."""
     run = ["optim.embedding.name=rowwise_adagrad", "optim.embedding.lr=0.05", "train.eval_every=4",
-           "train.max_eval_batches=2", "train.max_steps=16", "train.checkpoint_every=8", "dist.device=cpu"]
+           "train.max_eval_batches=2", "train.max_steps=16", "train.checkpoint_every=8"]
     a, b = tmp_path / "straight", tmp_path / "resumed"
     sa = _train(a, *run, "train.keep_checkpoints=0")
     counters = lambda d: [s["fbgemm_iter"] for s in _rank_states(d)]  # noqa: E731

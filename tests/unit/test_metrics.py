@@ -47,10 +47,14 @@ def _criteo_like(n: int, seed: int):
     return labels + torch.randn(n, generator=g) - 1.5, labels
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # where evaluation runs
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bins", [1000, 100_000])
-def test_binned_auroc_is_within_its_bound_of_exact(bins):
-    logits, labels = _criteo_like(200_000, 1)
-    exact, binned = EvalMetrics(torch.device("cpu")), EvalMetrics(torch.device("cpu"), auroc_thresholds=bins)
+def test_binned_auroc_is_within_its_bound_of_exact(bins, device):
+    logits, labels = (t.to(device) for t in _criteo_like(200_000, 1))
+    exact, binned = EvalMetrics(torch.device(device)), EvalMetrics(torch.device(device), auroc_thresholds=bins)
     for m in (exact, binned):
         for lg, lb in zip(logits.split(8192), labels.split(8192)):  # batches, as in an evaluation
             m.update(lg, lb)

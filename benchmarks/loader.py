@@ -1,7 +1,7 @@
 """Input pipeline: our Criteo loader against TorchRec's ``InMemoryBinaryCriteoIterDataPipe``.
 
     python benchmarks/loader.py --data DIR --batch-size 8192 --json benchmarks/results/loader.json
-        [--workers 2] [--table-sizes criteo_1tb] [--seconds 3] [--make-data DAYS ROWS]
+        [--workers 2] [--device cuda|meta] [--table-sizes criteo_1tb] [--seconds 3] [--make-data DAYS ROWS]
 
 Both read the training days (0 .. D-2) of the same npy folder, with the same
 table sizes (TorchRec's ``hashes``). Cases:
@@ -14,6 +14,14 @@ table sizes (TorchRec's ``hashes``). Cases:
 * ``one_hot_workers_N`` / ``multi_hot_dcnv2_workers_N``: ours through
   ``make_loader`` with N DataLoader worker processes (what training does with
   ``data.num_workers=N``); the rate is what the training process receives.
+
+``device_finish`` (with ``--workers N``): a GPU job's loader, ``make_loader(split,
+device, N)`` then ``RawBatch.to(device)`` as TorchRec's pipeline calls it, with 0
+and N workers: CPU ms per batch *of the training process* (``time.process_time``,
+which leaves the workers' out) and wall ms, after each pass's first batch; the
+pass's start (forking the workers, the first batch) apart, per pass. ``--device`` defaults to cuda where
+there is one, else meta: the finish's host side (the KJT's constants, launching
+the kernels) without the kernels, which is what the training process pays.
 
 How to read it: ``ours_samples_per_s`` is a CPU job's host cost (batches
 finished on the host: ids hashed, multi-hot expanded, KJT built).
@@ -119,6 +127,57 @@ def torchrec_pipe(data: Path, batch_size: int, tables: List[int], shuffle: bool 
         world_size=1, drop_last=True, shuffle_training_set=shuffle, hashes=tables)
 
 
+def training_process_cost(split, device, workers: int, seconds: float) -> Dict[str, float]:
+    """Per batch, in this (the training) process, on the device-finish path: the loader
+    hands over ``RawBatch``es of ids as stored and ``.to(device)`` finishes them. CPU
+    time of this process only (workers' is their own) and wall time, over whole passes
+    after a warm-up pass. A pass's start (forking the workers, up to its first batch)
+    is reported apart, per pass: an epoch pays it once, not per batch."""
+    import torch
+
+    from dlrm_dist.data.loader import make_loader
+
+    def one_pass() -> Dict[str, float]:
+        n, t = 0, {"cpu": time.process_time(), "wall": time.perf_counter()}
+        for raw in make_loader(split, device, workers):
+            if n == 0:  # the start: the loader's set-up and its first batch
+                t.update(start_cpu=time.process_time() - t["cpu"], start_wall=time.perf_counter() - t["wall"],
+                         cpu=time.process_time(), wall=time.perf_counter())
+            raw.to(device, non_blocking=True)
+            n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return {**t, "batches": n - 1, "cpu": time.process_time() - t["cpu"],
+                "wall": time.perf_counter() - t["wall"]}
+
+    one_pass()
+    passes, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        passes.append(one_pass())
+    total = lambda k: sum(p[k] for p in passes)  # noqa: E731
+    return {"training_process_cpu_ms_per_batch": 1000 * total("cpu") / total("batches"),
+            "training_process_wall_ms_per_batch": 1000 * total("wall") / total("batches"),
+            "start_cpu_ms_per_pass": 1000 * total("start_cpu") / len(passes),
+            "start_wall_ms_per_pass": 1000 * total("start_wall") / len(passes),
+            "batches_per_pass": passes[0]["batches"] + 1, "passes": len(passes)}
+
+
+def device_finish_cases(args: argparse.Namespace, tables: List[int], dcnv2: List[int]) -> List[Dict[str, Any]]:
+    """The GPU job's loader with 0 and ``--workers`` workers: what each costs the training process."""
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "meta"))
+    rows = []
+    for name, multi_hot in (("one_hot", None), ("multi_hot_dcnv2", dcnv2)):
+        for workers in (0, args.workers):
+            split = our_split(Path(args.data), args.batch_size, tables, multi_hot, finish_on_device=True)
+            row = {"name": name, "device": str(device), "workers": workers,
+                   **training_process_cost(split, device, workers, args.seconds)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def run_cases(args: argparse.Namespace, tables: List[int], dcnv2: List[int]) -> List[Dict[str, Any]]:
     import torch
 
@@ -190,6 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--json", required=True, help="write the results here (a .png plot beside it)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the workers cases (0: none)")
+    p.add_argument("--device", choices=["cuda", "meta"], default=None,
+                   help="device of the device-finish cases (default: cuda if present, else meta)")
     p.add_argument("--table-sizes", choices=sorted(TABLE_CONFIGS), default="criteo_1tb")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per loader (after a warm-up pass)")
     p.add_argument("--make-data", nargs=2, type=int, metavar=("DAYS", "ROWS"),
@@ -205,12 +266,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     dcnv2 = load_config(str(ROOT / DCNV2_CONFIG), []).data.multi_hot_sizes
     load_start = os.getloadavg()
     cases = run_cases(args, tables, dcnv2)
+    device_finish = device_finish_cases(args, tables, dcnv2) if args.workers else []
     if args.profile:
         profile_one_hot(our_split(Path(args.data), args.batch_size, tables), args.batch_size, args.seconds,
                         args.profile)
     result = {
         "data": str(args.data), "batch_size": args.batch_size, "table_sizes": args.table_sizes,
-        "workers": args.workers, "cases": cases, **environment(),
+        "workers": args.workers, "cases": cases, "device_finish": device_finish, **environment(),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "command": " ".join(["python", "benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])]),
     }

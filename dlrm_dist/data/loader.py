@@ -24,12 +24,12 @@ def make_loader(split: ResumableSplit, device: torch.device, num_workers: int = 
     """A DataLoader over one pass of ``split``: the epoch and start batch of its last
     ``set_epoch`` go with it (into every worker), and the split itself is left to
     start at batch 0 next time, as after a pass."""
-    cuda = device.type == "cuda"
+    on_device = device.type != "cpu"
     if isinstance(split, SplitBase):
         one_pass = copy.copy(split)  # the caller's split keeps its own settings
-        one_pass.deliver = "raw_ids" if cuda else "values" if num_workers > 0 else "batch"
+        one_pass.deliver = "raw_ids" if on_device else "values" if num_workers > 0 else "batch"
         split.start_batch = 0
         split = one_pass
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
-    return DataLoader(split, batch_size=None, num_workers=num_workers, pin_memory=cuda,  # type: ignore[arg-type]
-                      **extra)
+    return DataLoader(split, batch_size=None, num_workers=num_workers,  # type: ignore[arg-type]
+                      pin_memory=device.type == "cuda", **extra)

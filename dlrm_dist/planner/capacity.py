@@ -2,11 +2,13 @@
 
 The embedding tables are the bulk, and TorchRec's ``EmbeddingShardingPlanner``
 already knows where each shard goes and what it costs (its storage and perf
-estimators). :func:`estimate` runs that planner as a dry run, with the same
+estimators). :func:`run_planner` runs that planner as a dry run, with the same
 ``build_topology`` / ``build_planner`` training uses, for clusters this host
-does not have, and adds what the planner does not model per rank: the data-
-parallel MLPs with their DDP gradient buckets and optimizer state, activations
-at the configured batch, data-loader batches and the process itself.
+does not have (``dlrm_dist.planner.plan.estimate`` drives it for ``dlrm-dist
+plan``), and :func:`rank_memory` adds what the planner does not model per rank:
+the data-parallel MLPs with their DDP gradient buckets and optimizer state,
+activations at the configured batch, evaluation's metric state, data-loader
+batches (DataLoader workers' prefetched ones included) and the process itself.
 
 Training calls :func:`check_host_memory` before it allocates anything, so a job
 that cannot fit stops with a message instead of being killed by the OOM killer.
@@ -58,8 +60,10 @@ CUDA_CONTEXT_HBM_BYTES = 1 * GiB
 """HBM a rank spends outside tensors: CUDA context (~0.5 GiB), cuBLAS workspace,
 NCCL channel buffers and allocator fragmentation headroom."""
 HOST_BATCHES_IN_FLIGHT = 4
-"""Host batches alive per rank: the one being built, the DataLoader's hand-off,
-and two the TrainPipelineSparseDist has pulled ahead."""
+"""Host batches alive per rank in the training process: the one being built (or,
+with workers, just received), the DataLoader's hand-off, and two the
+TrainPipelineSparseDist has pulled ahead. DataLoader workers add theirs:
+:func:`loader_batches`."""
 PINNED_BATCHES = 2
 """On CUDA the DataLoader pins batches; the caching host allocator keeps ~2 alive."""
 DEVICE_DENSE_BATCHES = 3
@@ -67,6 +71,13 @@ DEVICE_DENSE_BATCHES = 3
 the KJT side is the planner's own reservation."""
 RANDOM_CACHED_BATCHES = 3 * 10
 """data.source=random: each split's RandomRecDataset cycles through 10 cached batches."""
+EXACT_AUROC_BYTES_PER_SAMPLE = 80
+"""Peak bytes per validation sample of an exact-AUROC evaluation (torchmetrics'
+``BinaryAUROC()``): the fp32 score and int64 label kept per sample, their
+concatenation and the ROC's sort and cumulative sums at ``compute``. Measured (RSS
+growth, one process): 770 MB over 10M samples, 168 MB over 2M (``python -m
+tests.unit.eval_memory --mode exact --batches 1221``, torchmetrics 1.0.3); on more
+ranks each also holds the all-gathered states."""
 SYNTHETIC_BYTES_PER_SAMPLE = 1024
 """Working set of the synthetic teacher per generated sample (float64 counts,
 int64 ids, logits, latent vectors), measured ~1 KiB; it also scores the whole
@@ -80,13 +91,22 @@ def eval_samples(data_cfg: DataConfig, table_sizes: List[int]) -> int:
     return round(DATASET_ROWS[infer_dataset(table_sizes)][-1] / 2)
 
 
-def eval_metric_bytes(metrics_cfg: MetricsConfig, samples: int) -> int:
-    """torchmetrics' AUROC state: exact (thresholds=0) keeps every prediction (fp32)
-    and label (int64), all-gathered to every rank and concatenated; binned keeps a
-    (thresholds, 2, 2) int64 confusion matrix."""
+def eval_metric_bytes(metrics_cfg: MetricsConfig, samples: int, batch_size: int, world_size: int) -> int:
+    """Evaluation's extra memory per rank, at its peak (``compute``): in host RAM on a
+    CPU job, in HBM on a GPU job (the metrics live on the compute device).
+
+    Exact AUROC (``auroc_thresholds=0``) grows with the split: every rank ends up
+    holding all ``samples`` scores and labels (all-gathered: 12 bytes each) and
+    sorts them (:data:`EXACT_AUROC_BYTES_PER_SAMPLE`). Binned AUROC
+    (``metrics.HistogramAUROC``) is a (2, N) int64 histogram, one more for each
+    update's ``bincount``, and the ``world_size`` copies its sync gathers before
+    summing; per batch an int64 bin index. The evaluation forward's activations
+    (no autograd graph) fit in the training activations', freed by then."""
     if metrics_cfg.auroc_thresholds:
-        return metrics_cfg.auroc_thresholds * 4 * 8
-    return 2 * samples * (4 + 8)
+        histogram = 2 * metrics_cfg.auroc_thresholds * 8
+        return (2 + world_size) * histogram + 2 * batch_size * 8
+    gathered = samples * (4 + 8) if world_size > 1 else 0
+    return samples * EXACT_AUROC_BYTES_PER_SAMPLE + gathered
 
 
 @dataclass
@@ -303,15 +323,27 @@ def activation_bytes(model_cfg: ModelConfig, batch_size: int) -> int:
     return FP32 * batch_size * (bottom + interaction + top + 2 * widest)
 
 
-def batch_bytes(data_cfg: DataConfig, batch_size: int) -> int:
-    """One host batch: fp32 dense, int64 ids, int32 lengths, fp32 labels."""
-    return batch_size * (NUM_DENSE_FEATURES * 4 + lookups_per_sample(data_cfg) * 8 + NUM_SPARSE_FEATURES * 4 + 4)
+def batch_bytes(data_cfg: DataConfig, batch_size: int, finished: bool = True) -> int:
+    """One host batch: fp32 dense, fp32 labels and the ids. Finished (a CPU job): one
+    int64 per lookup and int32 lengths. Not finished (a GPU job's ``RawBatch``:
+    hashing and multi-hot expansion run on the device): the 26 ids as stored."""
+    ids = lookups_per_sample(data_cfg) * 8 + NUM_SPARSE_FEATURES * 4 if finished else NUM_SPARSE_FEATURES * 8
+    return batch_size * (NUM_DENSE_FEATURES * 4 + ids + 4)
+
+
+def loader_batches(data_cfg: DataConfig) -> int:
+    """Host batches alive per rank: the training process's :data:`HOST_BATCHES_IN_FLIGHT`
+    plus, with ``data.num_workers`` > 0, the DataLoader's outstanding ones:
+    ``num_workers x prefetch_factor`` sent ahead to the workers' shared memory."""
+    return HOST_BATCHES_IN_FLIGHT + data_cfg.num_workers * data_cfg.prefetch_factor
 
 
 def loader_host_bytes(data_cfg: DataConfig, batch_size: int, compute_device: str) -> int:
-    """Data-loader RAM per rank: batches in flight, pinned copies, generation."""
-    n = HOST_BATCHES_IN_FLIGHT + (PINNED_BATCHES if compute_device == "cuda" else 0)
-    total = n * batch_bytes(data_cfg, batch_size)
+    """Data-loader RAM per rank: batches in flight (workers' included), pinned copies,
+    generation. A GPU job's loader carries ids as stored (finished on the device)."""
+    cuda = compute_device == "cuda"
+    n = loader_batches(data_cfg) + (PINNED_BATCHES if cuda else 0)
+    total = n * batch_bytes(data_cfg, batch_size, finished=not cuda or data_cfg.source == "random")
     if data_cfg.source == "synthetic":
         total += SYNTHETIC_BYTES_PER_SAMPLE * (max(batch_size, 4096) + data_cfg.val_samples)
     elif data_cfg.source == "random":
@@ -329,7 +361,8 @@ def rank_memory(
         rest = dense_bytes(model, cfg.optim.dense)
         rest["activations"] = activation_bytes(cfg.model, b)
         rest["input batches"] = run.kjt_bytes + DEVICE_DENSE_BATCHES * b * (NUM_DENSE_FEATURES + 1) * FP32
-        rest["eval metric state"] = eval_metric_bytes(cfg.metrics, eval_samples(cfg.data, cfg.model.table_sizes()))
+        rest["evaluation (AUROC state)"] = eval_metric_bytes(
+            cfg.metrics, eval_samples(cfg.data, cfg.model.table_sizes()), b, world_size)
         if compute_device == "cuda":
             r.device.update(rest)
             r.device["CUDA context + workspaces"] = CUDA_CONTEXT_HBM_BYTES

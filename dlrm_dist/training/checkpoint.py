@@ -31,7 +31,9 @@ another world size would miss keys; plain files per rank are simpler to read
 and to reason about. On another world size than saved, every rank rebuilds its
 schedule from the step instead: a LambdaLR's state is its step (``last_epoch``)
 over base LRs the config gives. The fused optimizer's step counter (FBGEMM's
-Adam bias correction) is not in any state dict: it is set from the step.
+``iter``: Adam's bias correction, row-wise Adagrad's) is in no state dict either:
+``rank-{r}.json`` records it (:func:`optimizer_iter_state`) and resume restores
+it (:func:`saved_optimizer_iter`).
 
 A save overwrites files in place, so it goes to a fresh ``step-N/`` and only
 after every rank's ``dcp.save`` returned and its ``rank-{r}.json`` is written
@@ -212,7 +214,8 @@ class Checkpointer:
             dcp.save(_app_state(model, optimizer), checkpoint_id=path,
                      storage_writer=faults.storage_writer(path, self.env.rank, step))
             state_file = RANK_STATE.format(rank=self.env.rank)
-            write_text_atomic(path / state_file, json.dumps(rank_state(optimizer, lr_scheduler), indent=1))
+            write_text_atomic(path / state_file, json.dumps({**rank_state(optimizer, lr_scheduler),
+                                                             **optimizer_iter_state(model)}, indent=1))
             written = describe(path, rank_files(path, self.env.rank, state_file))  # sizes and checksums
             failure = ""
         except (Exception, CheckpointException) as e:  # DCP's (a BaseException; raised on every rank) or an OSError
@@ -248,6 +251,38 @@ class Checkpointer:
         for _, p in steps:
             if p not in keep:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+OPTIMIZER_ITER = "fbgemm_iter"  # the rank-{r}.json entry
+
+
+def optimizer_iter_state(model: nn.Module) -> Dict[str, Optional[int]]:
+    """FBGEMM's step counter ``iter`` of this rank's fused tables, for ``rank-{r}.json``.
+
+    Why it must be saved rather than derived from the step: FBGEMM advances it on
+    every forward of a table-batched module, evaluation's included (Adam, row-wise
+    Adagrad and the other counter-based optimizers; plain Adagrad and SGD leave it
+    at 0), so with ``train.eval_every`` it runs ahead of the training step. All of
+    a rank's modules see the same forwards; None when the rank has no fused table.
+
+    TorchRec has no public accessor: a sharded collection keeps its lookups (which
+    hold FBGEMM's modules) in a plain list, ``_lookups``, that ``modules()`` does
+    not walk. The checkpoint test fails if a TorchRec release moves it (no counter)."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
+
+    iters = [int(tbe.iter.max()) for m in model.modules() for lookup in getattr(m, "_lookups", ())
+             for tbe in lookup.modules()
+             if isinstance(tbe, SplitTableBatchedEmbeddingBagsCodegen) and tbe.iter.numel()]
+    return {OPTIMIZER_ITER: max(iters) if iters else None}
+
+
+def saved_optimizer_iter(path: Path, meta: Dict[str, Any]) -> int:
+    """The ``iter`` to resume FBGEMM's fused optimizers at: the one saved (every rank ran
+    the same forwards, so any world size takes the largest of the ranks'), or the
+    step for a checkpoint saved before the counter was recorded."""
+    saved = [json.loads(f.read_text()).get(OPTIMIZER_ITER) for f in path.glob(RANK_STATE.format(rank="*"))]
+    saved = [i for i in saved if i is not None]
+    return max(saved) if saved else meta["step"]
 
 
 def restore_rank_state(path: Path, meta: Dict[str, Any], optimizer: Any,
@@ -307,9 +342,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any,
     dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
     model.load_state_dict(state[MODEL_KEY])
     optimizer.load_state_dict(state["optim"])
-    # FBGEMM's step counter (Adam's bias correction) is a buffer outside every
-    # state dict; it counts one per training step, like ours.
-    optimizer.set_optimizer_step(meta["step"])
+    optimizer.set_optimizer_step(saved_optimizer_iter(path, meta))
     how = collectively(lambda: restore_rank_state(path, meta, optimizer, lr_scheduler, env), env)
     logger.info("rank %d: LR schedule and param groups: %s", env.rank, how)
     return meta

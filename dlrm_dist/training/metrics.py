@@ -1,8 +1,10 @@
 """Where metrics are computed and where they go.
 
-* ``EvalMetrics``: AUROC, logloss and accuracy over a whole split, from
+* ``EvalMetrics``: AUROC, logloss and accuracy over a whole split, on
   torchmetrics, which all-gathers / all-reduces its states across ranks on
-  ``compute()`` so every rank sees the global figure.
+  ``compute()`` so every rank sees the global figure. Binned AUROC
+  (``metrics.auroc_thresholds``) is ``HistogramAUROC``: torchmetrics' own binned
+  path is not constant memory.
 * ``Throughput``: samples/s of the whole job and per rank, training time only.
 * ``peak_rss_bytes``: the process's high-water resident memory.
 * ``MetricsSink``: rank 0 writes ``metrics.jsonl`` (one JSON object per event,
@@ -23,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import psutil
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from dlrm_dist.config import MetricsConfig
@@ -33,13 +35,69 @@ from dlrm_dist.core.files import write_text_atomic
 logger = logging.getLogger(__name__)
 
 
+class HistogramAUROC(Metric):
+    """Binned AUROC in memory that does not grow with the batch or the split.
+
+    Why not torchmetrics' ``BinaryAUROC(thresholds=N)``: its update compares every
+    prediction with every threshold, building (batch, N) tensors (int64 at 1.0.3):
+    6.5 GB per tensor at batch 8192 and N = 100,000, in HBM on a GPU. Here each
+    update is one ``bincount`` of the batch into a (2, N) int64 histogram of scores
+    per label: O(batch + N) memory, 1.6 MB of state at N = 100,000.
+
+    The state is a sum, so torchmetrics' sync (gather + sum on ``compute``) gives
+    every rank the histogram of the whole split: the global AUROC.
+
+    AUROC is the Mann-Whitney statistic: P(score of a positive > score of a
+    negative), ties half. Pairs in different bins are ordered exactly; pairs in
+    the same bin count half whatever their true order, so the result is within
+    ``sum_i pos_i * neg_i / (2 * P * N)`` of the exact AUROC over the same
+    float32 scores (``error_bound``): a few 1e-6 at 100,000 bins on Criteo-like
+    scores. Bins are uniform in probability, torchmetrics' thresholds' spacing.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, bins: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if bins < 2:
+            raise ValueError(f"HistogramAUROC needs at least 2 bins, got {bins}")
+        self.bins = bins
+        self.add_state("hist", default=torch.zeros(2, bins, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:  # type: ignore[override]
+        """``probs`` in [0, 1], ``labels`` 0/1; bin b holds [b/N, (b+1)/N), 1.0 the last."""
+        binned = (probs.detach().reshape(-1).float() * self.bins).long().clamp_(0, self.bins - 1)
+        binned += labels.detach().reshape(-1).long() * self.bins  # row 1: positives
+        self.hist += torch.bincount(binned, minlength=2 * self.bins).view(2, self.bins)
+
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ordered positive-over-negative pairs, pairs tied in a bin, all pairs), float64."""
+        neg, pos = self.hist.double()
+        below = torch.cumsum(neg, 0) - neg  # negatives in lower bins
+        return (pos * below).sum(), (pos * neg).sum(), pos.sum() * neg.sum()
+
+    def compute(self) -> torch.Tensor:
+        wins, ties, pairs = self._pairs()
+        if pairs == 0:  # one class only: AUROC is undefined; torchmetrics returns 0 too
+            return torch.zeros((), dtype=torch.float32, device=self.hist.device)
+        return ((wins + 0.5 * ties) / pairs).float()
+
+    def error_bound(self) -> float:
+        """Largest possible |binned - exact| for the scores seen (after ``compute``'s sync)."""
+        _wins, ties, pairs = self._pairs()
+        return float(0.5 * ties / pairs) if pairs else 0.0
+
+
 class EvalMetrics:
     """Accumulates predictions of one evaluation pass; ``compute`` syncs across ranks."""
 
     def __init__(self, device: torch.device, auroc_thresholds: int = 0) -> None:
-        # thresholds=None keeps every prediction: exact AUROC, memory grows with the
-        # split; N bins give a constant-memory approximation for Terabyte-sized splits.
-        self.auroc = BinaryAUROC(thresholds=auroc_thresholds or None).to(device)
+        # 0 keeps every prediction: exact AUROC, memory grows with the split (8 bytes a
+        # sample, then all-gathered); N bins: constant memory for Terabyte-sized splits.
+        self.auroc: Metric = (HistogramAUROC(auroc_thresholds) if auroc_thresholds
+                              else BinaryAUROC()).to(device)
         self.accuracy = BinaryAccuracy().to(device)
         self.logloss = MeanMetric().to(device)
 

@@ -42,7 +42,7 @@ OVERRIDES = [
     "data.train_samples=25600",  # 200 steps of 64 x 2 ranks
     "data.val_samples=4096", "data.test_samples=4096",
     "train.batch_size=64", "train.eval_every=0", "train.checkpoint_every=50",
-    "metrics.log_every=5", "metrics.progress_bar=false",
+    "metrics.log_every=5", "metrics.progress_bar=false", "dist.device=cpu",
 ]
 JOB_TIMEOUT_S = 420
 STEPS = 200

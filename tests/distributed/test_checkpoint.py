@@ -36,7 +36,7 @@ from tests.conftest import run_cmd
 
 BASE = [
     "--config", "configs/smoke.yaml", "data.val_samples=4096", "data.test_samples=4096",
-    "metrics.progress_bar=false",
+    "metrics.progress_bar=false", "dist.device=cpu",  # 2 CPU ranks, on a GPU host too
     "optim.schedule.warmup_steps=10", "optim.schedule.decay_start_step=15", "optim.schedule.decay_steps=40",
 ]
 SETUPS: Dict[str, List[str]] = {
@@ -218,3 +218,25 @@ def test_a_killed_save_is_replaced_and_a_missing_path_is_named(tmp_path: Path):
     proc = run_cmd(one + [f"train.resume={missing}"], timeout=300)
     assert proc.returncode != 0
     assert f"no checkpoint folder {missing}" in proc.stderr
+
+
+# ------------------------------------------------- FBGEMM's step counter across evaluation
+
+
+def test_fused_optimizer_counter_is_exact_across_evaluation_and_resume(tmp_path: Path):
+    """row_wise Adagrad advances FBGEMM's ``iter`` on every forward, evaluation's too (on
+    CPU as on GPU): with eval_every=4 it runs ahead of the step, and a run resumed
+    from step 8 must reach step 16 with the uninterrupted run's counter, not one set
+    from the step (the counter-based optimizers' bias correction reads it)."""
+    run = ["optim.embedding.name=rowwise_adagrad", "optim.embedding.lr=0.05", "train.eval_every=4",
+           "train.max_eval_batches=2", "train.max_steps=16", "train.checkpoint_every=8"]
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    sa = _train(a, *run, "train.keep_checkpoints=0")
+    counters = lambda d: [s["fbgemm_iter"] for s in _rank_states(d)]  # noqa: E731
+    at_8 = counters(a / "checkpoints/step-8")
+    # 8 training forwards + 2 evaluations (after steps 4 and 8) of 2 batches each
+    assert at_8 == [12, 12], at_8
+    sb = _train(b, *run, f"train.resume={a / 'checkpoints/step-8'}")
+    assert counters(b / "checkpoints/step-16") == counters(a / "checkpoints/step-16") == [16 + 6, 16 + 6]
+    assert {k: sa[k] for k in SUMMARY_KEYS} == {k: sb[k] for k in SUMMARY_KEYS}
+    assert_same_state(a / "checkpoints/step-16", b / "checkpoints/step-16", tmp_path)

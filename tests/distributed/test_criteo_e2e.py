@@ -31,7 +31,7 @@ def test_synth_tsv_preprocess_and_train_two_ranks_reaches_the_teacher(tmp_path: 
          "--output", str(npy), "--workers", "2", "--no-progress"],
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "dlrm_dist.train", "--config", str(config), "--run-dir", str(run_dir),
-         "data.source=criteo", f"data.path={npy}", "metrics.progress_bar=false"],
+         "data.source=criteo", f"data.path={npy}", "metrics.progress_bar=false", "dist.device=cpu"],
     ]
     for cmd in steps:
         proc = run_cmd(cmd, timeout=1200)

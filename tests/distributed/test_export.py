@@ -64,7 +64,7 @@ def trained(tmp_path_factory) -> dict:
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "dlrm_dist.train", "--config", str(config), "--run-dir", str(run_dir),
          "data.source=criteo", f"data.path={npy}", "metrics.progress_bar=false", "metrics.auroc_thresholds=0",
-         "train.checkpoint_at_end=true", f"sharding.tables={tables}"],
+         "train.checkpoint_at_end=true", f"sharding.tables={tables}", "dist.device=cpu"],
     ]
     for cmd in steps:
         proc = run_cmd(cmd, timeout=600)

@@ -21,6 +21,11 @@ def test_loader_benchmark_writes_the_documented_cases(tmp_path: Path) -> None:
     for case in result["cases"]:
         assert case["ours_samples_per_s"] > 0 and case["ms_per_batch"] > 0
     assert result["cases"][0]["torchrec_samples_per_s"] > 0  # TorchRec's pipe on the same days
+    # the GPU job's loader (meta device here, cuda on a GPU host) with 0 and 1 workers
+    finish = {(c["name"], c["workers"]): c for c in result["device_finish"]}
+    assert set(finish) == {(n, w) for n in ("one_hot", "multi_hot_dcnv2") for w in (0, 1)}
+    for c in finish.values():
+        assert c["training_process_cpu_ms_per_batch"] > 0 and c["start_cpu_ms_per_pass"] >= 0
     assert out.with_suffix(".png").stat().st_size > 0
     assert "host_values" in (tmp_path / "profile.txt").read_text()
 

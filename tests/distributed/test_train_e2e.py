@@ -34,7 +34,8 @@ def test_torchx_two_ranks_learns_the_synthetic_teacher(tmp_path: Path):
     run_dir = tmp_path / "smoke"
     proc = run_cmd(
         ["torchx", "run", "-s", "local_cwd", "dist.ddp", "-j", "1x2", "-m", "dlrm_dist.train", "--",
-         "--config", "configs/smoke.yaml", "--run-dir", str(run_dir), "metrics.progress_bar=false"],
+         "--config", "configs/smoke.yaml", "--run-dir", str(run_dir), "metrics.progress_bar=false",
+         "dist.device=cpu"],  # 2 CPU ranks, on a GPU host too
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -56,7 +57,7 @@ def test_torchrun_dcn_multi_hot_and_row_wise(tmp_path: Path):
          "model.interaction=dcn", "model.dcn_num_layers=2", "model.dcn_low_rank_dim=16",
          "data.multi_hot_sizes=[3,2,1,2,6,1,1,1,1,7,3,8,1,6,9,5,1,1,1,12,10,7,10,3,1,1]",
          "sharding.sharding_types=[row_wise]", "train.max_steps=40", "train.eval_every=20",
-         "data.val_samples=8192", "data.test_samples=8192", "metrics.progress_bar=false"],
+         "data.val_samples=8192", "data.test_samples=8192", "metrics.progress_bar=false", "dist.device=cpu"],
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -87,7 +88,8 @@ def test_refuses_to_start_when_the_host_lacks_memory(tmp_path: Path):
     run_dir = tmp_path / "huge"
     proc = run_cmd(
         [sys.executable, "-m", "dlrm_dist.train", "--config", "configs/smoke.yaml", "--run-dir", str(run_dir),
-         "model.num_embeddings=40000000", "model.embedding_dim=128", "model.bottom_mlp=[64,128]"],
+         "model.num_embeddings=40000000", "model.embedding_dim=128", "model.bottom_mlp=[64,128]",
+         "dist.device=cpu"],  # host memory: the tables' home on a CPU job
         timeout=600,
     )
     assert proc.returncode != 0

@@ -143,3 +143,70 @@ def test_ids_stored_as_int32_or_int64_hash_alike_negative_ones_too():
     for stored in (raw, raw.astype(np.int32)):
         np.testing.assert_array_equal(spec.values(torch.from_numpy(stored)).numpy(), expected)
     np.testing.assert_array_equal(spec.device_values(torch.from_numpy(raw)).numpy(), expected)
+
+
+# Devices whose finish path runs here: the meta device stands in for a GPU (the
+# CUDA path's host side, no kernels run); a GPU host runs the real one too.
+DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_per_size_constants_are_built_once_per_split_and_device(days, device, workers):
+    """Batches from workers come back with the training process's own spec, so the
+    KJT's lengths / offsets (and the multi-hot gather index the spec's expander
+    holds) are built once, not for every batch; finished batches are right-shaped."""
+    dev = torch.device(device)
+    split = criteo(days, multi_hot_sizes=MULTI_HOT)
+    assert split.spec.builds == 0
+    got = 0
+    for epoch in range(2):  # a second pass reuses them too
+        split.set_epoch(epoch)
+        for raw in make_loader(split, dev, num_workers=workers):
+            assert isinstance(raw, RawBatch) or workers == 0 and device == "cpu"
+            if isinstance(raw, RawBatch):
+                assert raw.spec is split.spec
+                assert (raw.ids is not None) == (device != "cpu")  # ids as stored go to the device
+                if device == "cuda":
+                    assert raw.ids.is_pinned()  # so the pipeline's copy is asynchronous
+            batch = raw.to(dev)  # what TorchRec's pipeline does on its copy stream
+            kjt = batch.sparse_features
+            assert kjt.values().device.type == device and kjt.values().numel() == 16 * sum(MULTI_HOT)
+            assert kjt.lengths().shape == (16 * 26,) and kjt.offsets().shape == (16 * 26 + 1,)
+            got += 1
+    assert got == 2 * len(split) > 3
+    # one set per (batch size, device), in the training process (before: one per batch with workers)
+    assert split.spec.builds == 1
+
+
+def test_a_spawned_worker_rebuilds_the_spec_by_name():
+    """A process without the spec (a spawned worker) builds it from its definition,
+    under the same name, so the batches it sends back find the original."""
+    import pickle
+
+    from dlrm_dist.data import batches
+
+    spec = BatchSpec(TABLES, MULTI_HOT, seed=3)
+    assert pickle.loads(pickle.dumps(spec)) is spec
+    token, definition = spec.__reduce__()[1]
+    other = batches._shared_spec("never-seen", definition)  # as in a fresh process
+    assert other is not spec and other.definition == spec.definition
+    assert pickle.loads(pickle.dumps(other)) is other
+
+
+def test_a_raw_batch_crosses_processes_as_one_buffer(days):
+    """What a worker sends: one byte buffer (one shared-memory hand-off, not one per
+    tensor) that unpickles into the same tensors, with the receiving process's spec."""
+    import pickle
+
+    split = criteo(days, multi_hot_sizes=MULTI_HOT)
+    split.deliver = "raw_ids"
+    raw = next(iter(split))
+    for sent in (raw, raw.with_values()):  # a GPU job's ids as stored; a CPU job's finished values
+        fn, (packed, _layout, _spec) = sent.__reduce__()
+        assert packed.dtype == torch.uint8 and packed.dim() == 1
+        back = pickle.loads(pickle.dumps(sent))
+        assert back.spec is split.spec
+        for a, b in zip(sent._tensors(), back._tensors()):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        assert signature([back]) == signature([sent])

@@ -49,7 +49,8 @@ GPU_RANK_MB = 4096
 """Host RAM of a CUDA rank: its process (capacity.CUDA_PROCESS_HOST_BYTES, 2.5 GiB:
 CUDA torch, fbgemm, NCCL's host buffers) plus batches in flight and pinned copies."""
 CPU_RANK_MB = 2048
-"""Host RAM of a CPU rank before its tables (capacity.CPU_PROCESS_BYTES, 400 MiB, plus
+"""Host RAM of a CPU rank before its tables (capacity.CPU_PROCESS_BYTES: 400 MiB with a +cpu torch,
+~1 GiB with PyPI's CUDA build of torch 2.14.1 on a CPU host; plus
 batches, activations and a small model's tables). A CPU rank holds its shard of the
 tables in host RAM: size bigger models with ``dlrm-dist plan`` and pass ``--memMB``."""
 WORKER_MB = 512

@@ -42,15 +42,21 @@ from dlrm_dist.core.errors import CapacityError
 from dlrm_dist.model import build_model, dense_parameter_count, embedding_bag_collection
 from dlrm_dist.training.optim import apply_embedding_optimizer, embedding_optimizer_class
 from dlrm_dist.training.sharding import build_planner, build_topology, detect_capacity, input_pooling_factors
-from dlrm_dist.core.units import GiB
+from dlrm_dist.core.units import GiB, MiB
 
 FP32 = 4
 
 # ---- documented constants (everything else is computed) ------------------- #
-CPU_PROCESS_BYTES = 400 * 1024**2
-"""RSS of a CPU rank before its tables: 370 MiB measured after importing torch
-2.13 (CPU), fbgemm-gpu-cpu 1.8, torchrec 1.8 and torchmetrics (Python 3.11,
-x86-64), plus ~30 MiB for the gloo process group, DMP bookkeeping and threads."""
+CPU_PROCESS_BYTES_BY_TORCH_BUILD = {"cpu": 400 * MiB, "cuda": 1010 * MiB}
+"""RSS of a CPU rank before its tables, by the torch build installed. ``cpu``: 370 MiB
+measured after importing torch 2.13+cpu, fbgemm-gpu-cpu 1.8, torchrec 1.8 and
+torchmetrics, plus ~30 MiB for the gloo process group, DMP bookkeeping and threads.
+``cuda``: PyPI's torch 2.14.1 is a CUDA build (+cu130) even on a CPU host, and its
+libraries are mapped and touched at import: 966 MiB after importing torch 2.14.1,
+fbgemm-gpu-cpu 1.9.0 and torchrec 1.9.2 (Python 3.11, x86-64), ~1010 MiB with the
+process group and a model (tests/distributed/test_plan_vs_rss.py measures it)."""
+CPU_PROCESS_BYTES = CPU_PROCESS_BYTES_BY_TORCH_BUILD["cuda" if torch.version.cuda else "cpu"]
+"""This installation's figure: a CPU cluster runs the stack ``make install`` gives it."""
 CUDA_PROCESS_HOST_BYTES = int(2.5 * GiB)
 """Host RSS of a CUDA rank before its data: the CUDA build of torch and fbgemm
 (libtorch_cuda, cuBLAS, cuDNN, NCCL mapped and touched), the CUDA context's host

@@ -68,7 +68,7 @@ def stack_checks(gpus_on_host: int) -> List[Check]:
     found = problems(stack, gpus_on_host, pins.get("TORCH_VERSION", ""), pins.get("FBGEMM_VERSION", ""))
     found = found or [p for p in [load_problem(stack, gpus_on_host)] if p]
     out.append(Check("stack", FAIL if found else OK, "; ".join(found) or "torch and fbgemm agree with each "
-                     "other" + (f" and requirements/stack.txt" if pins else "") + " and this host"))
+                     "other" + (" and requirements/stack.txt" if pins else "") + " and this host"))
     return out
 
 

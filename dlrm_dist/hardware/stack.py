@@ -79,7 +79,7 @@ def problems(stack: Stack, gpus_on_host: int, torch_pin: str = "", fbgemm_pin: s
         out.append(f"fbgemm is not installed: {REINSTALL}")
     elif kind == "both":
         out.append("both fbgemm-gpu and fbgemm-gpu-cpu are installed (one overwrote the other's fbgemm_gpu "
-                   f"folder): .venv/bin/pip uninstall -y fbgemm-gpu fbgemm-gpu-cpu && make install")
+                   "folder): .venv/bin/pip uninstall -y fbgemm-gpu fbgemm-gpu-cpu && make install")
     elif kind == "cuda" and not stack.torch_cuda:
         out.append(f"fbgemm-gpu (the CUDA build) with torch {stack.torch_version}, a CPU build: "
                    f"{REINSTALL} (a GPU host gets both CUDA builds, a CPU host fbgemm-gpu-cpu)")

@@ -10,7 +10,7 @@ the data-parallel MLPs with their DDP gradient buckets and optimizer state,
 activations at the configured batch, evaluation's metric state, data-loader
 batches (DataLoader workers' prefetched ones included) and the process itself.
 
-Training calls :func:`check_host_memory` before it allocates anything, so a job
+Training calls ``planner.host_check.check_host_memory`` before it allocates anything, so a job
 that cannot fit stops with a message instead of being killed by the OOM killer.
 
 All sizes are bytes (``dlrm_dist.core.units``: GiB = 2**30, GB = 10**9).
@@ -21,9 +21,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import psutil
 import torch
 from torch import nn
 from torchrec.distributed.planner import shard_estimators
@@ -38,10 +37,9 @@ from torchrec.distributed.types import ShardingPlan, StorageUsageType, compute_s
 
 from dlrm_dist.config import Config, DataConfig, MetricsConfig, ModelConfig, OptimizerConfig
 from dlrm_dist.core.criteo import DATASET_ROWS, NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES, infer_dataset
-from dlrm_dist.core.errors import CapacityError
 from dlrm_dist.model import build_model, dense_parameter_count, embedding_bag_collection
 from dlrm_dist.training.optim import apply_embedding_optimizer, embedding_optimizer_class
-from dlrm_dist.training.sharding import build_planner, build_topology, detect_capacity, input_pooling_factors
+from dlrm_dist.training.sharding import build_planner, build_topology, input_pooling_factors
 from dlrm_dist.core.units import GiB, MiB
 
 FP32 = 4
@@ -378,61 +376,3 @@ def rank_memory(
             r.host["process (torch + torchrec)"] = CPU_PROCESS_BYTES
         r.host["data loader"] = loader_host_bytes(cfg.data, b, compute_device)
     return ranks
-
-
-# ---- the host-memory check training runs at start-up ----------------------- #
-
-
-def host_memory_by_rank(cfg: Config, world_size: int, local_world_size: int, compute_device: str) -> List[int]:
-    """Host bytes each rank's process will hold. When the planner finds no plan
-    (it will not fit anyway), tables are split evenly so the check can still say
-    by how much."""
-    model = meta_model(cfg.model, cfg.optim.embedding)
-    hbm, ddr = detect_capacity(cfg.sharding, compute_device, local_world_size)
-    run = run_planner(cfg, model, world_size, local_world_size, compute_device, hbm, ddr)
-    ranks = rank_memory(cfg, model, run, world_size, compute_device)
-    if run.error is not None and compute_device == "cpu":
-        stats = table_stats(model, cfg.optim.embedding)
-        for r in ranks:
-            r.host["embedding weights"] = stats.weight_bytes // world_size
-            r.host["embedding optimizer"] = stats.optimizer_bytes // world_size
-    return [r.host_total for r in ranks]
-
-
-def host_memory_per_rank(cfg: Config, world_size: int, local_world_size: int, compute_device: str) -> int:
-    """Bytes the fullest rank's process will hold on its host."""
-    return max(host_memory_by_rank(cfg, world_size, local_world_size, compute_device))
-
-
-def check_host_memory(
-    cfg: Config, world_size: int, local_world_size: int, compute_device: str,
-    available_bytes: Optional[int] = None,
-) -> Tuple[int, int, str]:
-    """Raise before allocating when this host cannot hold its ranks; else (needed,
-    available bytes, where "available" comes from).
-
-    Needed is the fullest host's ranks (contiguous blocks of ``local_world_size``
-    ranks) under the plan TorchRec's planner makes for this world size. Available
-    is what this process may still allocate: the machine's free RAM, or less when
-    its cgroup (Slurm's ``--mem``, a pod's memory limit) caps it, since that limit
-    is what the OOM killer enforces (:func:`dlrm_dist.hardware.host.available_memory`)."""
-    from dlrm_dist.hardware.host import this_available_memory
-
-    per_rank = host_memory_by_rank(cfg, world_size, local_world_size, compute_device)
-    hosts = [per_rank[i:i + local_world_size] for i in range(0, world_size, local_world_size)]
-    needed = max(sum(h) for h in hosts)
-    if available_bytes is None:
-        available, source = this_available_memory()
-    else:
-        available, source = available_bytes, "given"
-    if needed <= available:
-        return needed, available, source
-    raise CapacityError(
-        f"not enough host memory: {local_world_size} rank(s) on this host need "
-        f"{needed / GiB:.2f} GiB ({max(per_rank) / GiB:.2f} GiB for the fullest rank) but "
-        f"{available / GiB:.2f} GiB is available ({source}). Lower model.num_embeddings / "
-        f"num_embeddings_per_feature or model.embedding_dim, use "
-        f"optim.embedding.name=rowwise_adagrad (or sgd), lower train.batch_size, run "
-        f"fewer ranks per host or more hosts, or ask the scheduler for more memory (--memMB); "
-        f"`dlrm-dist plan` shows where memory goes. dist.check_host_memory=false skips this check."
-    )

@@ -107,7 +107,7 @@ def make_run_dir(run_dir: Union[str, Path, None], config_path: str, env: "DistEn
 def check_memory(cfg: Config, env: "DistEnv") -> None:
     """One rank per host (local rank 0) compares the plan's host-memory need with
     what is free there; a shortfall on any host stops every rank with its message."""
-    from dlrm_dist.planner.capacity import check_host_memory
+    from dlrm_dist.planner.host_check import check_host_memory
     from dlrm_dist.training.distributed import collectively
 
     def check() -> None:

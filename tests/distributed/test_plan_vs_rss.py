@@ -18,6 +18,7 @@ from typing import List
 import pytest
 
 from dlrm_dist.planner import capacity as cap
+from dlrm_dist.planner import host_check
 from dlrm_dist.training.sharding import detect_capacity
 from dlrm_dist.config import load_config
 from dlrm_dist.training.sharding import describe_plan
@@ -53,7 +54,7 @@ def test_predicted_host_memory_matches_peak_rss(case: str, tmp_path: Path) -> No
     extra, ranks = CASES[case]
     overrides = COMMON + extra
     cfg = load_config(CONFIG, overrides)
-    predicted = cap.host_memory_by_rank(cfg, ranks, ranks, "cpu")
+    predicted = host_check.host_memory_by_rank(cfg, ranks, ranks, "cpu")
     summary = train(tmp_path / case, overrides, ranks)
     measured = summary["peak_rss_bytes_per_rank"]
     print(f"\n{case}: predicted {[round(p / 2**20) for p in predicted]} MiB, "

@@ -82,7 +82,7 @@ def test_host_memory_check_reads_the_cgroup_limit_it_runs_under(tmp_path: Path) 
         (cgroup / "memory.limit_in_bytes").write_text(str(3 * GiB))
         code = ("import sys\nfrom dlrm_dist.config import load_config\n"
                 "from dlrm_dist.core.errors import CapacityError\n"
-                "from dlrm_dist.planner.capacity import check_host_memory\n"
+                "from dlrm_dist.planner.host_check import check_host_memory\n"
                 "cfg = load_config('configs/smoke.yaml')\n"
                 "needed, avail, source = check_host_memory(cfg, 1, 1, 'cpu')\nprint(avail, source)\n"
                 "try:\n    check_host_memory(cfg, 64, 64, 'cpu')\n"

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dlrm_dist.planner import capacity as cap
-from dlrm_dist.core import criteo
+from dlrm_dist.planner import host_check
 from dlrm_dist.planner import preprocess_cost
 from dlrm_dist.planner import plan
 from dlrm_dist.config import load_config
@@ -221,11 +221,11 @@ def test_tiny_config_fits_one_cpu_host_and_reads_well(cfgs: dict, capsys: pytest
 
 def test_check_host_memory(cfgs: dict) -> None:
     cfg = load_config(cfgs["tiny"])
-    need = cap.host_memory_per_rank(cfg, 1, 1, "cpu")
+    need = host_check.host_memory_per_rank(cfg, 1, 1, "cpu")
     assert cap.CPU_PROCESS_BYTES < need < cap.CPU_PROCESS_BYTES + 64 * 1024**2
-    cap.check_host_memory(cfg, 1, 1, "cpu", available_bytes=need)
+    host_check.check_host_memory(cfg, 1, 1, "cpu", available_bytes=need)
     with pytest.raises(CapacityError, match=r"need .* GiB .* available.*rowwise_adagrad"):
-        cap.check_host_memory(cfg, 2, 2, "cpu", available_bytes=need)
+        host_check.check_host_memory(cfg, 2, 2, "cpu", available_bytes=need)
 
 
 def test_every_shipped_config_plans(cfgs: dict) -> None:

@@ -15,6 +15,7 @@ setup(
     version="0.1.0",
     description="Hybrid-parallel DLRM on TorchRec: sharded tables, DDP MLPs, torchx launch",
     packages=find_packages(include=["dlrm_dist", "dlrm_dist.*"]),
+    package_data={"dlrm_dist.hardware": ["profiles.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch==2.14.1",

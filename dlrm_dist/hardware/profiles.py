@@ -58,6 +58,9 @@ class HardwareProfile:
     """Fixed host cost per training step (framework, not bytes or FLOPs)."""
     embedding_fixed_ms: float = 0.0
     """Fixed cost per fused embedding kernel call (forward + backward)."""
+    embedding_gb_per_s: Optional[float] = None
+    """The fused embedding kernel's measured bandwidth (by the model's byte count);
+    None: the memory bandwidth x the memory efficiency (datasheet profiles)."""
     by_local_ranks: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     """CPU profiles: figures measured per rank when N ranks share the host's cores
     (they share caches and memory bandwidth); :meth:`for_local_ranks` applies them."""
@@ -141,5 +144,8 @@ def load_profile(spec: str) -> HardwareProfile:
 
 def write_profile(profile: HardwareProfile, path: Path) -> None:
     """Write ``profile`` as YAML that :func:`load_profile` reads back."""
+    import json
+
+    plain = json.loads(json.dumps(profile.to_dict(), default=str))  # str subclasses (torch versions) -> str
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(profile.to_dict(), sort_keys=False))
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))

@@ -125,9 +125,11 @@ def dense_flops_per_sample(model_cfg) -> Tuple[float, float]:  # noqa: ANN001 - 
 
 def _bw_bytes_per_s(profile: HardwareProfile, t: TableLayout) -> float:
     """The shard's memory tier bandwidth by TorchRec's ``kernel_bw_lookup`` (bytes/ms
-    in, bytes/s out), fed the profile's bandwidths instead of TorchRec's defaults."""
+    in, bytes/s out), fed the profile's bandwidths instead of TorchRec's defaults: the
+    embedding kernel's measured rate when the profile has one (calibrated), else the
+    memory bandwidth x the memory efficiency."""
     eff = profile.efficiency.get("memory", 1.0)
-    mem = profile.hbm_gb_per_s * GB / 1000 * eff
+    mem = (profile.embedding_gb_per_s or profile.hbm_gb_per_s * eff) * GB / 1000
     bw = kernel_bw_lookup(profile.device, t.compute_kernel, hbm_mem_bw=mem, ddr_mem_bw=mem,
                           hbm_to_ddr_mem_bw=profile.host_link_gb_per_s * GB / 1000,
                           caching_ratio=t.cache_load_factor)

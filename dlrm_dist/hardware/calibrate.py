@@ -1,0 +1,366 @@
+"""``dlrm-dist calibrate``: measure this machine into a hardware profile the plan reads.
+
+    dlrm-dist calibrate --output FILE [--ranks N] [--name NAME] [--seconds S]
+    torchrun --nnodes H --nproc-per-node G -m dlrm_dist.hardware.calibrate --output FILE
+
+It measures what the step-time model (``dlrm_dist.planner.step_time``) needs, the
+way the benchmarks measure it (``benchmarks/ceiling.py``: ``torch.utils.benchmark``
+timers, a copy of 64 MiB for the memory bandwidth; ``benchmarks/comm.py``: windows
+of collective calls, the slowest rank's median), first in one process with every
+core, then in ``--ranks`` processes at once (they share cores, caches and memory
+as training's ranks do; each gets cores / ranks threads, as ``dist.num_threads=0``
+gives them):
+
+* the dense matmul rate: forward + backward of three 512 x 512 linear layers at
+  batch 2048 (FLOPs counted by ``FlopCounterMode``), fp32 (and bf16 on a GPU);
+* the copy bandwidth (bytes read + written per second);
+* FBGEMM's fused embedding kernel (lookup, backward, exact Adagrad update) on 8
+  tables of 250k x 32 at two batch sizes: the fixed cost per call and the
+  bandwidth by the step-time model's own byte count (``traffic.embedding_bytes``);
+* all-to-all and all-reduce between the ranks: latency (4 KiB) and bandwidth
+  (8 MiB per rank), within a host; under torchrun across hosts, also between
+  ranks of different hosts (``inter_host_gb_per_s``; None when run on one host).
+
+Quick by default (``--seconds 0.3`` per figure: about a minute on 2 cores). The
+profile records the load average, time and versions; measure on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import psutil
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dlrm_dist.core.units import GiB
+from dlrm_dist.hardware.profiles import HardwareProfile, write_profile
+
+EMB_TABLES, EMB_ROWS, EMB_DIM = 8, 250_000, 32
+EMB_BATCHES = (512, 4096)
+A2A_SMALL, A2A_LARGE = 4096, 8 << 20
+
+
+def _time(fn, seconds: float) -> float:  # noqa: ANN001
+    """Median seconds per call (torch.utils.benchmark: syncs CUDA, honours the thread count)."""
+    from torch.utils.benchmark import Timer
+
+    fn()  # warm-up: allocations, kernel selection
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=seconds).median
+
+
+def gemm_tflops(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
+    """Forward + backward of 3 Linear(512, 512) at batch 2048: FLOPs / time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layers = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(3)]).to(device, dtype)
+    x = torch.randn(2048, 512, device=device, dtype=dtype, requires_grad=True)
+
+    def step() -> None:
+        layers(x).sum().backward()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops() / _time(step, seconds) / 1e12
+
+
+def copy_gb_per_s(device: torch.device, seconds: float) -> float:
+    """Bytes read + written per second by ``dst.copy_(src)`` (64 MiB; 1 GiB on a GPU)."""
+    nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
+    src = torch.empty(nbytes // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    return 2.0 * nbytes / _time(lambda: dst.copy_(src), seconds) / 1e9
+
+
+def embedding_kernel(device: torch.device, seconds: float) -> Dict[str, float]:
+    """FBGEMM's table-batched kernel, forward + backward + fused exact Adagrad, at two
+    batch sizes: time = fixed + bytes / bandwidth, bytes as the step-time model counts
+    them for these rows (a table_wise shard on one rank)."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice,
+                                                                         SplitTableBatchedEmbeddingBagsCodegen)
+
+    from dlrm_dist.planner import traffic as tr
+
+    on_gpu = device.type == "cuda"
+    spec = (EMB_ROWS, EMB_DIM, EmbeddingLocation.DEVICE if on_gpu else EmbeddingLocation.HOST,
+            ComputeDevice.CUDA if on_gpu else ComputeDevice.CPU)
+    tbe = SplitTableBatchedEmbeddingBagsCodegen([spec] * EMB_TABLES, optimizer=EmbOptimType.EXACT_ADAGRAD,
+                                                learning_rate=0.01, device=device)
+    layout = tr.TableLayout("t", EMB_ROWS, EMB_DIM, "table_wise", "fused", 1.0, (tr.Shard(0, EMB_ROWS, EMB_DIM),))
+    points = []
+    for batch in EMB_BATCHES:
+        ids = torch.randint(0, EMB_ROWS, (EMB_TABLES * batch,), device=device)
+        offsets = torch.arange(EMB_TABLES * batch + 1, device=device)
+
+        def step() -> None:
+            out = tbe(ids, offsets)
+            out.backward(torch.ones_like(out))
+
+        fwd, bwd = tr.embedding_bytes(layout, layout.shards[0], batch, tr.Topo(1, 1), 4, "adagrad")
+        points.append((EMB_TABLES * (fwd + bwd), _time(step, seconds)))
+    (b1, t1), (b2, t2) = points
+    per_byte = max((t2 - t1) / (b2 - b1), 1e-15)
+    return {"embedding_gb_per_s": 1 / per_byte / 1e9, "embedding_fixed_ms": max(0.0, t1 - b1 * per_byte) * 1000}
+
+
+def collective(op: str, nbytes: int, group, device: torch.device, seconds: float) -> float:  # noqa: ANN001
+    """Seconds per call of ``op`` on ``nbytes`` per rank: median of 5 windows, then the
+    slowest rank's (a collective is as slow as its slowest member), as benchmarks/comm.py."""
+    world = dist.get_world_size(group)
+    n = max(world, (nbytes // 4) // world * world)
+    src, dst = torch.rand(n, device=device), torch.empty(n, device=device)
+
+    def call() -> None:
+        if op == "all_to_all":
+            dist.all_to_all_single(dst, src, group=group)
+        else:
+            dist.all_reduce(src, group=group)
+
+    call()
+    iters = 1
+    windows = []
+    for _ in range(5):
+        dist.barrier(group=group)
+        start = time.perf_counter()
+        for _ in range(iters):
+            call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        windows.append((time.perf_counter() - start) / iters)
+        # every rank must make the same number of calls: rank 0's choice for all
+        plan = torch.tensor([max(1, min(50, int(seconds / 5 / max(windows[-1], 1e-6))))], device=device)
+        dist.broadcast(plan, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+        iters = int(plan)
+    worst = torch.tensor([statistics.median(windows)], dtype=torch.float64, device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
+    return float(worst)
+
+
+def link(group, device: torch.device, seconds: float) -> Dict[str, float]:  # noqa: ANN001
+    """Latency (4 KiB) and bandwidth (8 MiB per rank) of both collectives, in the step-time
+    model's terms: an all-to-all moves (W-1)/W of its bytes per rank, a ring all-reduce 2 (W-1)/W."""
+    w = dist.get_world_size(group)
+    out = {}
+    for op, share in (("all_to_all", (w - 1) / w), ("all_reduce", 2 * (w - 1) / w)):
+        small = collective(op, A2A_SMALL, group, device, seconds)
+        large = collective(op, A2A_LARGE, group, device, seconds)
+        out[f"{op}_latency_us"] = small * 1e6
+        out[f"{op}_gb_per_s"] = A2A_LARGE * share / max(large - small, 1e-9) / 1e9
+    return out
+
+
+def host_link_gb_per_s(device: torch.device, seconds: float) -> float:
+    """Pinned host -> GPU copy (256 MiB): what UVM tables' rows come over. On a CPU
+    device the "host link" is memory itself: the copy bandwidth."""
+    if device.type != "cuda":
+        return copy_gb_per_s(device, seconds)
+    src = torch.empty(64 << 20, pin_memory=True).uniform_()
+    dst = torch.empty(64 << 20, device=device)
+    return src.numel() * 4 / _time(lambda: dst.copy_(src, non_blocking=True), seconds) / 1e9
+
+
+def process_figures(device: torch.device, seconds: float) -> Dict[str, Any]:
+    """What one process measures with its threads: matmul rate, memory, embedding kernel."""
+    tflops = {"fp32": gemm_tflops(device, torch.float32, seconds)}
+    if device.type == "cuda":
+        tflops["bf16"] = gemm_tflops(device, torch.bfloat16, seconds)
+    return {"peak_tflops": tflops, "hbm_gb_per_s": copy_gb_per_s(device, seconds), **embedding_kernel(device, seconds)}
+
+
+def _groups(world: int, local: int) -> tuple:
+    """(this host's ranks, the ranks of this local index on every host) as process groups;
+    every rank creates every group in the same order, as torch.distributed requires."""
+    rank = dist.get_rank()
+    intra = inter = None
+    for h in range(world // local):
+        g = dist.new_group(list(range(h * local, (h + 1) * local)))
+        intra = g if rank // local == h else intra
+    for j in range(local):
+        g = dist.new_group(list(range(j, world, local)))
+        inter = g if rank % local == j else inter
+    return intra, inter
+
+
+def rank_figures(world: int, local: int, device: torch.device, seconds: float) -> Optional[Dict[str, Any]]:
+    """Run on every rank at once (process group initialised): per-rank figures with the
+    machine shared as in training, then the links. Rank 0 returns the result."""
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    dist.barrier()
+    mine = process_figures(device, seconds)
+    figs: List[Dict[str, Any]] = [{} for _ in range(world)]
+    dist.all_gather_object(figs, mine)
+    intra, inter = _groups(world, local)
+    links = {"intra_host": link(intra, device, seconds) if local > 1 else None,
+             "inter_host": link(inter, device, seconds) if world > local else None}
+    if dist.get_rank() != 0:
+        return None
+    per_rank = {
+        "peak_tflops": {k: statistics.median(f["peak_tflops"][k] for f in figs) for k in mine["peak_tflops"]},
+        **{k: statistics.median(f[k] for f in figs) for k in ("hbm_gb_per_s", "embedding_gb_per_s", "embedding_fixed_ms")},
+    }
+    return {"per_rank": per_rank, "links": links, "threads": torch.get_num_threads()}
+
+
+def _spawned(rank: int, world: int, local: int, port: int, seconds: float, out: str) -> None:
+    """One of ``--ranks`` local processes (torch.multiprocessing), gloo on CPU, nccl on GPUs.
+    ``local`` < ``world`` treats blocks of ``local`` ranks as hosts (over loopback: how
+    the tests exercise the inter-host measurement on one machine)."""
+    import json
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world)
+    result = rank_figures(world, local, device, seconds)
+    if result is not None:
+        Path(out).write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    for name in ("fbgemm-gpu", "fbgemm-gpu-cpu", "torchrec"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+SOURCE = "measured by dlrm-dist calibrate on this machine"
+
+
+def build_profile(name: str, device: torch.device, single: Optional[Dict[str, Any]], ranks: Dict[str, Any],
+                  local: int, measured: Dict[str, Any]) -> HardwareProfile:
+    """The profile: the one-process figures on top (a rank alone on the host), the
+    per-rank figures under ``by_local_ranks[local]``, the links between the ranks."""
+    top = single or ranks["per_rank"]
+    intra, inter = ranks["links"]["intra_host"], ranks["links"]["inter_host"]
+    cuda = device.type == "cuda"
+    what = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()} CPU cores"
+    return HardwareProfile(
+        name=name, description=f"{what} on {socket.gethostname()}, measured {measured['date']}",
+        device=device.type, gpus_per_node=local,
+        hbm_gb=torch.cuda.get_device_properties(device).total_memory / GiB if cuda else 0.0,
+        host_ram_gb=psutil.virtual_memory().total / GiB,
+        peak_tflops=dict(top["peak_tflops"]), hbm_gb_per_s=top["hbm_gb_per_s"],
+        host_link_gb_per_s=measured["host_link_gb_per_s"],
+        intra_host_gb_per_s=intra["all_to_all_gb_per_s"] if intra else top["hbm_gb_per_s"],
+        inter_host_gb_per_s=inter["all_to_all_gb_per_s"] if inter else None,
+        efficiency={"gemm": 1.0, "memory": 1.0, "link": 1.0},
+        latency_us={"intra_host": intra["all_to_all_latency_us"] if intra else 0.0,
+                    "inter_host": (inter or intra or {}).get("all_to_all_latency_us", 0.0)},
+        input_samples_per_s_per_rank={}, step_overhead_ms=0.0,
+        embedding_gb_per_s=top["embedding_gb_per_s"], embedding_fixed_ms=top["embedding_fixed_ms"],
+        by_local_ranks={local: dict(ranks["per_rank"])} if single and local > 1 else {},
+        sources={
+            "peak_tflops": f"{SOURCE}: forward + backward of 3 Linear(512, 512) at batch 2048",
+            "hbm_gb_per_s": f"{SOURCE}: copy bandwidth (read + write) of 64 MiB (1 GiB on a GPU)",
+            "embedding_gb_per_s": f"{SOURCE}: FBGEMM fused lookup + exact Adagrad update, "
+                                  f"{EMB_TABLES} tables x {EMB_ROWS} x {EMB_DIM}, batch {EMB_BATCHES}",
+            "intra_host_gb_per_s": f"{SOURCE}: all_to_all_single of 8 MiB per rank between the local ranks",
+            "inter_host_gb_per_s": f"{SOURCE}: all_to_all_single between hosts" if inter
+                                   else "not measured: run calibrate under torchrun across hosts",
+            "latency_us": f"{SOURCE}: all_to_all_single of 4 KiB",
+            "input_samples_per_s_per_rank": "not measured by calibrate: benchmarks/loader.py measures it",
+            "step_overhead_ms": "not measured (0)",
+            "efficiency": "1.0: every rate above is measured, not a datasheet peak",
+        },
+        measured=measured,
+    )
+
+
+def calibrate(name: str, ranks: int, seconds: float, hosts: int = 1) -> HardwareProfile:
+    """Measure one process with every core, then ``ranks`` processes at once (split into
+    ``hosts`` blocks, which only tests use: the real inter-host link needs torchrun)."""
+    import json
+    import tempfile
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    load_before = list(os.getloadavg())
+    start = time.perf_counter()
+    single = process_figures(device, seconds)
+    link_bw = host_link_gb_per_s(device, seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "ranks.json")
+        mp.spawn(_spawned, args=(ranks, ranks // hosts, _free_port(), seconds, out), nprocs=ranks, join=True)
+        per_ranks = json.loads(Path(out).read_text())
+    measured = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
+                "seconds": round(time.perf_counter() - start, 1), "versions": _versions(),
+                "host_link_gb_per_s": link_bw, "one_process": single, "ranks": per_ranks, "local_ranks": ranks}
+    return build_profile(name, device, single, per_ranks, ranks // hosts, measured)
+
+
+def calibrate_under_torchrun(name: str, seconds: float) -> Optional[HardwareProfile]:
+    """Every rank of a torchrun job (one or more hosts) measures together; rank 0 builds
+    the profile, with the inter-host link when the job spans hosts."""
+    cuda = torch.cuda.is_available()
+    local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    load_before = list(os.getloadavg())
+    result = rank_figures(world, local, device, seconds)
+    dist.barrier()
+    dist.destroy_process_group()
+    if result is None:
+        return None
+    measured = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
+                "versions": _versions(), "host_link_gb_per_s": host_link_gb_per_s(device, seconds),
+                "ranks": result, "local_ranks": local, "hosts": world // local}
+    return build_profile(name, device, None, result, local, measured)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="dlrm-dist calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", required=True, help="profile YAML to write (dlrm-dist plan --hardware FILE)")
+    p.add_argument("--ranks", type=int, default=None, help="local ranks measured together (default: GPUs, or 2 on CPU)")
+    p.add_argument("--name", default=None, help="profile name (default: calibrated-HOSTNAME)")
+    p.add_argument("--seconds", type=float, default=0.3, help="minimum timing per figure (default 0.3)")
+    args = p.parse_args(argv)
+    name = args.name or f"calibrated-{socket.gethostname()}"
+    if "RANK" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
+        prof = calibrate_under_torchrun(name, args.seconds)
+    else:
+        ranks = args.ranks or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
+        prof = calibrate(name, max(1, ranks), args.seconds)
+    if prof is not None:
+        write_profile(prof, Path(args.output))
+        print(f"{prof.name}: fp32 {prof.peak_tflops['fp32'] * 1000:.1f} GFLOPS, copy {prof.hbm_gb_per_s:.1f} GB/s, "
+              f"embedding kernel {prof.embedding_gb_per_s:.2f} GB/s + {prof.embedding_fixed_ms:.2f} ms a call, "
+              f"all-to-all {prof.intra_host_gb_per_s:.2f} GB/s + {prof.latency_us['intra_host']:.0f} us "
+              f"(load {prof.measured['load_average_before'][0]:.1f}) -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

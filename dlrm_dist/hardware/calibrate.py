@@ -75,6 +75,31 @@ def gemm_tflops(device: torch.device, dtype: torch.dtype, seconds: float) -> flo
     return counter.get_total_flops() / _time(step, seconds) / 1e12
 
 
+GEMM_DIMS = (1, 16, 64, 256, 1024)
+
+
+def gemm_tflops_by_min_dim(device: torch.device, seconds: float) -> Dict[int, float]:
+    """fp32 rate of forward + backward of Linear(512, d) at batch 2048 for d in GEMM_DIMS:
+    each of its three GEMMs has d as its smallest weight-side dimension, the quantity
+    the step-time model looks the rate up by (an MLP's 13-wide input or 1-wide output
+    layer runs at a small fraction of a 512-wide one's rate on a CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for d in GEMM_DIMS:
+        layer = torch.nn.Linear(512, d, bias=False).to(device)
+        x = torch.randn(2048, 512, device=device, requires_grad=True)
+
+        def step() -> None:
+            layer(x).sum().backward()
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        out[d] = counter.get_total_flops() / _time(step, seconds) / 1e12
+    return out
+
+
 def copy_gb_per_s(device: torch.device, seconds: float) -> float:
     """Bytes read + written per second by ``dst.copy_(src)`` (64 MiB; 1 GiB on a GPU)."""
     nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
@@ -177,7 +202,8 @@ def process_figures(device: torch.device, seconds: float) -> Dict[str, Any]:
     tflops = {"fp32": gemm_tflops(device, torch.float32, seconds)}
     if device.type == "cuda":
         tflops["bf16"] = gemm_tflops(device, torch.bfloat16, seconds)
-    return {"peak_tflops": tflops, "hbm_gb_per_s": copy_gb_per_s(device, seconds), **embedding_kernel(device, seconds)}
+    return {"peak_tflops": tflops, "gemm_tflops_by_min_dim": gemm_tflops_by_min_dim(device, seconds),
+            "hbm_gb_per_s": copy_gb_per_s(device, seconds), **embedding_kernel(device, seconds)}
 
 
 def _groups(world: int, local: int) -> tuple:
@@ -210,6 +236,8 @@ def rank_figures(world: int, local: int, device: torch.device, seconds: float) -
         return None
     per_rank = {
         "peak_tflops": {k: statistics.median(f["peak_tflops"][k] for f in figs) for k in mine["peak_tflops"]},
+        "gemm_tflops_by_min_dim": {d: statistics.median(f["gemm_tflops_by_min_dim"][d] for f in figs)
+                                   for d in mine["gemm_tflops_by_min_dim"]},
         **{k: statistics.median(f[k] for f in figs) for k in ("hbm_gb_per_s", "embedding_gb_per_s", "embedding_fixed_ms")},
     }
     return {"per_rank": per_rank, "links": links, "threads": torch.get_num_threads()}
@@ -269,6 +297,7 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
         hbm_gb=torch.cuda.get_device_properties(device).total_memory / GiB if cuda else 0.0,
         host_ram_gb=psutil.virtual_memory().total / GiB,
         peak_tflops=dict(top["peak_tflops"]), hbm_gb_per_s=top["hbm_gb_per_s"],
+        gemm_tflops_by_min_dim={int(d): r for d, r in top["gemm_tflops_by_min_dim"].items()},
         host_link_gb_per_s=measured["host_link_gb_per_s"],
         intra_host_gb_per_s=intra["all_to_all_gb_per_s"] if intra else top["hbm_gb_per_s"],
         inter_host_gb_per_s=inter["all_to_all_gb_per_s"] if inter else None,
@@ -277,9 +306,11 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
                     "inter_host": (inter or intra or {}).get("all_to_all_latency_us", 0.0)},
         input_samples_per_s_per_rank={}, step_overhead_ms=0.0,
         embedding_gb_per_s=top["embedding_gb_per_s"], embedding_fixed_ms=top["embedding_fixed_ms"],
-        by_local_ranks={local: dict(ranks["per_rank"])} if single and local > 1 else {},
+        by_local_ranks={local: {**ranks["per_rank"], "gemm_tflops_by_min_dim": {
+            int(d): r for d, r in ranks["per_rank"]["gemm_tflops_by_min_dim"].items()}}} if single and local > 1 else {},
         sources={
             "peak_tflops": f"{SOURCE}: forward + backward of 3 Linear(512, 512) at batch 2048",
+            "gemm_tflops_by_min_dim": f"{SOURCE}: forward + backward of Linear(512, d) at batch 2048, d in {GEMM_DIMS}",
             "hbm_gb_per_s": f"{SOURCE}: copy bandwidth (read + write) of 64 MiB (1 GiB on a GPU)",
             "embedding_gb_per_s": f"{SOURCE}: FBGEMM fused lookup + exact Adagrad update, "
                                   f"{EMB_TABLES} tables x {EMB_ROWS} x {EMB_DIM}, batch {EMB_BATCHES}",

@@ -58,6 +58,9 @@ class HardwareProfile:
     """Fixed host cost per training step (framework, not bytes or FLOPs)."""
     embedding_fixed_ms: float = 0.0
     """Fixed cost per fused embedding kernel call (forward + backward)."""
+    gemm_tflops_by_min_dim: Dict[int, float] = field(default_factory=dict)
+    """Measured fp32 matmul rate by a GEMM's smallest weight-side dimension (calibrated
+    profiles; thin GEMMs run far below square ones on a CPU); empty: the flat rate."""
     embedding_gb_per_s: Optional[float] = None
     """The fused embedding kernel's measured bandwidth (by the model's byte count);
     None: the memory bandwidth x the memory efficiency (datasheet profiles)."""
@@ -76,16 +79,21 @@ class HardwareProfile:
 
     def for_local_ranks(self, n: int) -> "HardwareProfile":
         """The profile as one of ``n`` ranks on a node sees it. GPUs: unchanged. CPU:
-        the figures measured with the most ranks <= n; beyond every measured count the
-        ranks split the cores, so compute and memory rates scale by measured / n."""
+        the figures measured with the most ranks <= n (the top level is one process);
+        beyond every measured count the ranks split the cores, so compute and memory
+        rates scale by measured / n."""
         if not self.by_local_ranks:
             return self
-        keys = sorted(k for k in self.by_local_ranks if k <= n) or [min(self.by_local_ranks)]
+        keys = sorted(k for k in self.by_local_ranks if k <= n)
+        if not keys:  # fewer ranks than any measured count: the top-level (one-process) figures
+            return self
         k = keys[-1]
         prof = dataclasses.replace(self, **{key: v for key, v in self.by_local_ranks[k].items()})
         if n > k:
             share = k / n
             prof = dataclasses.replace(prof, peak_tflops={d: r * share for d, r in prof.peak_tflops.items()},
+                                       gemm_tflops_by_min_dim={d: r * share for d, r in
+                                                               prof.gemm_tflops_by_min_dim.items()},
                                        hbm_gb_per_s=prof.hbm_gb_per_s * share)
         return prof
 
@@ -108,8 +116,16 @@ def from_dict(name: str, raw: Dict[str, Any], where: str) -> HardwareProfile:
         raise ValueError(f"{where}: profile {name!r}: unknown keys {unknown}, missing keys {missing}")
     if "fp32" not in data["peak_tflops"]:
         raise ValueError(f"{where}: profile {name!r}: peak_tflops needs fp32")
-    data["by_local_ranks"] = {int(k): dict(v) for k, v in (data.get("by_local_ranks") or {}).items()}
+    data["by_local_ranks"] = {int(k): _int_keys(dict(v)) for k, v in (data.get("by_local_ranks") or {}).items()}
+    data = _int_keys(data)
     return HardwareProfile(**data)
+
+
+def _int_keys(data: Dict[str, Any]) -> Dict[str, Any]:
+    """YAML written through JSON has string keys: make the by-dimension rates int-keyed."""
+    if data.get("gemm_tflops_by_min_dim"):
+        data["gemm_tflops_by_min_dim"] = {int(k): float(v) for k, v in data["gemm_tflops_by_min_dim"].items()}
+    return data
 
 
 def _shipped() -> Dict[str, Any]:

@@ -62,6 +62,7 @@ def step_inputs(cfg: Config, tables: Sequence[TableLayout], topo: Topo, dense_pa
     from dlrm_dist.planner.capacity import activation_bytes
 
     fwd, bwd = step_time.dense_flops_per_sample(cfg.model)
+    gemms_fwd, gemms_bwd = step_time.dense_gemms(cfg.model)
     dense_opt = cfg.optim.dense
     state = 1.0 if dense_opt.name == "sgd" and dense_opt.momentum else DENSE_STATE.get(dense_opt.name, 0.0)
     kind = None
@@ -74,7 +75,7 @@ def step_inputs(cfg: Config, tables: Sequence[TableLayout], topo: Topo, dense_pa
         dense_params=dense_params, dense_optimizer_state=state,
         flops_fwd_per_sample=fwd, flops_bwd_per_sample=bwd,
         activation_bytes=activation_bytes(cfg.model, cfg.train.batch_size),
-        pipeline=cfg.train.pipeline, input_kind=kind,
+        pipeline=cfg.train.pipeline, input_kind=kind, gemms=tuple(gemms_fwd) + tuple(gemms_bwd),
     )
 
 

@@ -60,6 +60,9 @@ class StepInputs:
     pipeline: str
     input_kind: Optional[str]
     """one_hot / multi_hot for data read from disk; None when batches are ready-made."""
+    gemms: Tuple[Tuple[float, int], ...] = ()
+    """Every matmul of forward + backward as (FLOPs per sample, smallest weight-side dim),
+    for profiles that measured the rate by GEMM shape; empty: the flat rate."""
 
 
 @dataclass
@@ -91,8 +94,49 @@ class Performance:
 # ---- FLOPs, counted from the model ------------------------------------------ #
 
 
+RECORD_BATCH = 1031
+"""Batch of the FLOP count: a prime no layer width equals, so each GEMM's batch dimension
+can be told from its weight dimensions (which set its efficiency)."""
+
+
+class _GemmShapes:
+    """Records (FLOPs, smallest non-batch dimension) of every matmul dispatched inside it,
+    the way benchmarks/ceiling.py records the dense step's GEMMs."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        import torch
+
+        aten = torch.ops.aten
+        ops = {aten.mm.default, aten.addmm.default, aten.bmm.default}
+        calls = self.calls = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+                if func in ops:
+                    shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+                    calls.append(_gemm_shape(shapes[1:] if func is aten.addmm.default else shapes))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+def _gemm_shape(shapes: List[Tuple[int, ...]]) -> Tuple[float, int]:
+    """(FLOPs, smallest dimension other than the batch) of ``a @ b``; for a bmm the batch
+    is the leading dimension, for an mm it is whichever of m, k, n equals RECORD_BATCH."""
+    a, b = shapes[0], shapes[1]
+    if len(a) == 3:
+        return 2.0 * a[0] * a[1] * a[2] * b[2], min(a[1], a[2], b[2])
+    dims = [a[0], a[1], b[1]]
+    flops = 2.0 * dims[0] * dims[1] * dims[2]
+    if RECORD_BATCH in dims:
+        dims.remove(RECORD_BATCH)
+    return flops, min(dims)
+
+
 @functools.lru_cache(maxsize=32)
-def _flops(model_key: Tuple) -> Tuple[float, float]:
+def _flops(model_key: Tuple) -> Tuple[float, float, Tuple, Tuple]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -101,23 +145,40 @@ def _flops(model_key: Tuple) -> Tuple[float, float]:
     from dlrm_dist.model import build_model
 
     cfg = ModelConfig(**dict(model_key))
-    batch = 8
     model = build_model(cfg, torch.device("cpu"), sparse_device="cpu")
-    data = next(iter(RandomSplit(batch, 1, cfg.table_sizes(), None, seed=0)))
+    data = next(iter(RandomSplit(RECORD_BATCH, 1, cfg.table_sizes(), None, seed=0)))
     fwd, bwd = FlopCounterMode(display=False), FlopCounterMode(display=False)
-    with fwd:
+    shapes_fwd, shapes_bwd = _GemmShapes(), _GemmShapes()
+    with fwd, shapes_fwd.mode:
         loss, _ = model(data)
-    with bwd:
+    with bwd, shapes_bwd.mode:
         loss.backward()
-    return fwd.get_total_flops() / batch, bwd.get_total_flops() / batch
+
+    def per_sample(calls: List[Tuple[float, int]]) -> Tuple:
+        return tuple((f / RECORD_BATCH, d) for f, d in calls)
+
+    return (fwd.get_total_flops() / RECORD_BATCH, bwd.get_total_flops() / RECORD_BATCH,
+            per_sample(shapes_fwd.calls), per_sample(shapes_bwd.calls))
+
+
+def _model_key(model_cfg) -> Tuple:  # noqa: ANN001
+    key = {**asdict(model_cfg), "num_embeddings_per_feature": None, "num_embeddings": 2}
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in key.items()))
 
 
 def dense_flops_per_sample(model_cfg) -> Tuple[float, float]:  # noqa: ANN001 - ModelConfig
     """(forward, backward) FLOPs per sample of the MLPs and the interaction, counted by
     ``FlopCounterMode`` on an unsharded copy with 2-row tables (table sizes change no
     FLOP; lookups have none). Cached: the count takes ~1 s."""
-    key = {**asdict(model_cfg), "num_embeddings_per_feature": None, "num_embeddings": 2}
-    return _flops(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in key.items())))
+    fwd, bwd, _, _ = _flops(_model_key(model_cfg))
+    return fwd, bwd
+
+
+def dense_gemms(model_cfg) -> Tuple[Tuple, Tuple]:  # noqa: ANN001 - ModelConfig
+    """Every matmul of the dense step as (FLOPs per sample, smallest weight-side dimension),
+    forward and backward: a thin GEMM (13 inputs, 1 output) runs far below a square one."""
+    _, _, fwd, bwd = _flops(_model_key(model_cfg))
+    return fwd, bwd
 
 
 # ---- times ------------------------------------------------------------------- #
@@ -198,18 +259,45 @@ def all_reduce_seconds(nbytes: float, topo: Topo, profile: HardwareProfile) -> f
     return lat + per_rank / (bw * GB * profile.efficiency.get("link", 1.0))
 
 
+def gemm_seconds(inp: StepInputs, profile: HardwareProfile, dtype: str) -> float:
+    """The dense step's matmuls: at the profile's measured rate for each GEMM's smallest
+    weight-side dimension when it has one (fp32; interpolated in log-space between the
+    measured dimensions), else all FLOPs at the flat rate for ``dtype``."""
+    by_dim = profile.gemm_tflops_by_min_dim
+    if not (by_dim and dtype == "fp32" and inp.gemms):
+        return inp.batch * (inp.flops_fwd_per_sample + inp.flops_bwd_per_sample) / (profile.dense_tflops(dtype) * 1e12)
+    return sum(inp.batch * f / (rate_at(by_dim, d) * 1e12) for f, d in inp.gemms)
+
+
+def rate_at(by_dim: Dict[int, float], d: int) -> float:
+    """Piecewise log-linear interpolation of a rate measured at a few dimensions
+    (clamped at the smallest and largest measured)."""
+    dims = sorted(by_dim)
+    if d <= dims[0]:
+        return by_dim[dims[0]]
+    if d >= dims[-1]:
+        return by_dim[dims[-1]]
+    hi = next(i for i, x in enumerate(dims) if x >= d)
+    lo_d, hi_d = dims[hi - 1], dims[hi]
+    w = (math.log(d) - math.log(lo_d)) / (math.log(hi_d) - math.log(lo_d))
+    return math.exp((1 - w) * math.log(by_dim[lo_d]) + w * math.log(by_dim[hi_d]))
+
+
 def dense_seconds(inp: StepInputs, profile: HardwareProfile, dtype: str) -> Dict[str, float]:
-    """GEMM time at the profile's rate, plus elementwise traffic at memory speed: the
-    saved activations are written in the forward and read in the backward, which
-    writes gradients as large (3 passes); the dense optimizer reads parameter and
-    gradient and writes the parameter, and reads and writes its state."""
-    rate = profile.dense_tflops(dtype) * 1e12
+    """GEMM time (:func:`gemm_seconds`, split forward / backward by FLOPs), plus
+    elementwise traffic at memory speed: the saved activations are written in the
+    forward and read in the backward, which writes gradients as large (3 passes); the
+    dense optimizer reads parameter and gradient and writes the parameter, and reads
+    and writes its state."""
+    gemm = gemm_seconds(inp, profile, dtype)
+    total = inp.flops_fwd_per_sample + inp.flops_bwd_per_sample
+    fwd_share = inp.flops_fwd_per_sample / total if total else 0.0
     mem = profile.hbm_gb_per_s * GB * profile.efficiency.get("memory", 1.0)
     act = inp.activation_bytes
     opt_bytes = inp.dense_params * FP32 * (3 + 2 * inp.dense_optimizer_state)
     return {
-        "fwd": inp.batch * inp.flops_fwd_per_sample / rate + act / mem,
-        "bwd": inp.batch * inp.flops_bwd_per_sample / rate + 2 * act / mem,
+        "fwd": gemm * fwd_share + act / mem,
+        "bwd": gemm * (1 - fwd_share) + 2 * act / mem,
         "optimizer": opt_bytes / mem,
     }
 

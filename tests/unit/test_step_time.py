@@ -204,7 +204,7 @@ def test_pipelines_hide_what_they_overlap() -> None:
 
 
 def test_shipped_profiles_have_a_source_for_every_figure() -> None:
-    assert {"a100_80gb", "h100_sxm", "h200", "b200"} <= set(profile_names())
+    assert {"a100_40gb", "a100_80gb", "h100_sxm", "h200", "b200"} <= set(profile_names())
     figures = ["hbm_gb", "host_ram_gb", "peak_tflops", "hbm_gb_per_s", "host_link_gb_per_s",
                "intra_host_gb_per_s", "inter_host_gb_per_s", "efficiency", "latency_us",
                "input_samples_per_s_per_rank", "step_overhead_ms"]

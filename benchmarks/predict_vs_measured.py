@@ -1,11 +1,14 @@
 """The step-time model against the trainer on this machine: predicted and measured
 samples/s per rank, case by case, from one calibrated profile and nothing else.
 
-    python benchmarks/predict_vs_measured.py --json OUT [--profile FILE | --calibrate]
+    python benchmarks/predict_vs_measured.py --json OUT [--profile FILE | --calibrate | --calibrate-each]
         [--measured A.json,B.json] [--link-mbits 100,1000,10000] [--no-plots]
 
 1. The profile: ``--profile FILE`` (what ``dlrm-dist calibrate`` wrote), or with
-   ``--calibrate`` it runs calibrate first (``OUT``'s folder / profile.yaml).
+   ``--calibrate`` it runs calibrate first (``OUT``'s folder / profile.yaml); with
+   ``--calibrate-each`` it calibrates right before each case and predicts that case
+   from that profile (on a machine shared with others, whose speed swings by 2-5x
+   within the hour, a profile from one moment describes another machine later).
 2. The measured side: ``benchmarks/throughput.py`` (the real trainer under torchrun,
    median of 5 windows per case) over the Kaggle-shaped model: 1 and 2 ranks x batch
    512 / 2048 / 8192 with the planner's plan, table-, column- and row-wise pinned and
@@ -50,8 +53,47 @@ SWEEPS = [
 ]
 
 
+CASES = [  # (nproc, batch per rank, pipeline, pinned sharding type, overrides)
+    (1, 512, "sparse_dist", "", []), (1, 2048, "sparse_dist", "", []), (1, 8192, "sparse_dist", "", []),
+    (2, 512, "sparse_dist", "", []), (2, 2048, "sparse_dist", "", []), (2, 8192, "sparse_dist", "", []),
+    (2, 2048, "sparse_dist", "table_wise", []), (2, 2048, "sparse_dist", "column_wise", []),
+    (2, 2048, "sparse_dist", "row_wise", []), (2, 2048, "base", "", []),
+    (1, 2048, "sparse_dist", "", ["model.interaction=dcn"]), (2, 2048, "sparse_dist", "", ["model.interaction=dcn"]),
+]
+
+
+def run_calibrated_cases(folder: Path, seconds: float) -> List[Dict[str, Any]]:
+    """On a machine whose speed swings with other people's work, a profile taken once
+    describes another machine an hour later: here each case is measured right after its
+    own ``dlrm-dist calibrate`` (still the only input the prediction gets), through
+    throughput.py's ``run_case`` (the real trainer under torchrun)."""
+    import throughput
+
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for nproc, batch, pipeline, kind, overrides in CASES:
+        case = throughput.Case(nproc, batch, pipeline, kind)
+        name = case.name + ("-dcn" if overrides else "")
+        profile = folder / f"profile-{name}.yaml"
+        subprocess.run([sys.executable, "-m", "dlrm_dist.cli", "calibrate", "--output", str(profile),
+                        "--seconds", str(seconds)], cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = argparse.Namespace(config=str(CONFIG), window_steps=5, windows=5, warmup_steps=5, ceiling_seconds=1.0,
+                                  overrides=list(overrides))
+        with tempfile.TemporaryDirectory(prefix="pvm-") as tmp:
+            try:
+                r = throughput.run_case(case, args, Path(tmp))
+            except RuntimeError as e:
+                print(f"[{name}] FAILED: {str(e)[-500:]}", flush=True)
+                continue
+        results.append({**r, "overrides": list(overrides), "profile": str(profile)})
+        print(f"[{name}] {r['samples_per_s_per_rank']['median']:.0f} samples/s per rank", flush=True)
+    return results
+
+
 def run_sweeps(tmp: Path) -> List[Dict[str, Any]]:
     """The measured side: each sweep is one throughput.py run (one torchrun job per case)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     files = []
     for i, (args, overrides) in enumerate(SWEEPS):
         out = tmp / f"sweep{i}.json"
@@ -151,20 +193,25 @@ def predict(case: Dict[str, Any], overrides: List[str], profile) -> Dict[str, An
 
 
 def compare(measured_files: List[Dict[str, Any]], extra: List[Dict[str, Any]], profile) -> List[Dict[str, Any]]:  # noqa: ANN001
+    """Rows for throughput.py JSONs (one profile for all) and for single cases (each with
+    its own ``profile`` when it was calibrated just before it)."""
+    from dlrm_dist.hardware.profiles import load_profile
+
     rows = []
     for f in measured_files:
         for c in f["cases"]:
             case = {**c, "overrides": f.get("overrides", [])}
             rows.append(_row(case, case["overrides"], profile, f.get("load_average_1_5_15")))
     for c in extra:
-        rows.append(_row(c, c.get("overrides", []), profile, None))
+        prof = load_profile(c["profile"]) if c.get("profile") else profile
+        rows.append(_row(c, c.get("overrides", []), prof, None))
     return rows
 
 
 def _row(case: Dict[str, Any], overrides: List[str], profile, load) -> Dict[str, Any]:  # noqa: ANN001
     p = predict(case, overrides, profile)
     measured = case["samples_per_s_per_rank"]["median"]
-    name = case["name"] + ("-dcn" if "model.interaction=dcn" in overrides else "")
+    name = case["name"] + ("-dcn" if "model.interaction=dcn" in overrides and not case["name"].endswith("-dcn") else "")
     return {"name": name, "world_size": case["nproc"], "batch_size_per_rank": case["batch_size"],
             "pipeline": case["pipeline"], "sharding_type": case.get("sharding_type") or "planner",
             "interaction": "dcn" if "model.interaction=dcn" in overrides else "dot",
@@ -174,7 +221,8 @@ def _row(case: Dict[str, Any], overrides: List[str], profile, load) -> Dict[str,
             "error": p["samples_per_s_per_rank"] / measured - 1,
             "measured_fraction_of_gemm_ceiling": case.get("fraction_of_gemm_ceiling"),
             "predicted_gemm_fraction_of_step": p["gemm_fraction_of_step"],
-            "predicted": p, "sweep_load_average_at_start": load}
+            "predicted": p, "sweep_load_average_at_start": load, "profile": case.get("profile"),
+            "profile_load_average": (profile.measured or {}).get("load_average_before")}
 
 
 def summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -226,6 +274,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--profile", default=None, help="calibrated profile YAML (dlrm-dist calibrate --output)")
     p.add_argument("--calibrate", action="store_true", help="run dlrm-dist calibrate first (profile.yaml beside --json)")
     p.add_argument("--measured", default="", help="comma-separated throughput.py JSONs to use instead of running it")
+    p.add_argument("--calibrate-each", action="store_true",
+                   help="calibrate right before each case and predict it from that profile (a machine others share)")
+    p.add_argument("--calibrate-seconds", type=float, default=0.3, help="calibrate --seconds")
     p.add_argument("--link-mbits", default="100,1000,10000", help="link limits of the 2-node cases")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -234,23 +285,33 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     load_start = list(os.getloadavg())
     profile_path = args.profile
+    if args.calibrate_each:
+        singles = run_calibrated_cases(out.parent / "predict_vs_measured_profiles", args.calibrate_seconds)
+        return finish(args, out, load_start, None, [], singles, "a profile per case, calibrated just before it")
     if args.calibrate or not profile_path:
         profile_path = str(out.parent / "profile.yaml")
         subprocess.run([sys.executable, "-m", "dlrm_dist.cli", "calibrate", "--output", profile_path],
                        cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     profile = load_profile(profile_path)
-    with tempfile.TemporaryDirectory(prefix="pvm-") as tmp:
-        measured = ([json.loads(Path(f).read_text()) for f in args.measured.split(",") if f]
-                    or run_sweeps(Path(tmp)))
+    # the sweeps' own JSONs stay beside the result, so --measured can re-predict them later
+    measured = ([json.loads(Path(f).read_text()) for f in args.measured.split(",") if f]
+                or run_sweeps(out.parent / "predict_vs_measured_sweeps"))
+    return finish(args, out, load_start, profile, measured, [], profile_path)
+
+
+def finish(args: argparse.Namespace, out: Path, load_start: List[float], profile, measured: List[Dict[str, Any]],  # noqa: ANN001
+           singles: List[Dict[str, Any]], profile_note: str) -> int:
+    """Add the 2-node cases, predict every case, write the JSON and the plot, print the table."""
     cluster = two_node_cases([int(x) for x in args.link_mbits.split(",") if x])
-    rows = compare(measured, cluster["cases"], profile)
+    rows = compare(measured, singles + cluster["cases"], profile)
     result = {"machine": machine_name(), **environment(), "load_average_at_start": load_start,
-              "load_average_at_end": list(os.getloadavg()), "profile": profile_path,
-              "profile_measured": profile.measured, "measured_from": [m.get("command") for m in measured],
+              "load_average_at_end": list(os.getloadavg()), "profile": profile_note,
+              "profile_measured": profile.measured if profile else None,
+              "measured_from": [m.get("command") for m in measured],
               "summary": summary(rows), "cases": rows, "skipped": cluster["skipped"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     if rows and not args.no_plots:
-        result["plot"] = plot(rows, out.parent / "predict_vs_measured.png")
+        result["plot"] = plot(rows, out.with_suffix(".png"))
     write_json(out, result)
     for r in rows:
         print(f"{r['name']:<34} measured {r['measured_samples_per_s_per_rank']:8.0f}  predicted "
@@ -258,7 +319,6 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{r['predicted']['bottleneck']}")
     print(json.dumps(result["summary"]), "\nskipped:", [s["name"] for s in cluster["skipped"]], f"\nwritten to {out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from dlrm_dist.config import Config
 from dlrm_dist.core import criteo
@@ -127,6 +127,22 @@ def torchrec_embedding_ms(cfg: Config, options: Sequence, topo: Topo, profile: H
         for s in so.shards:
             ranks[int(s.rank)] = ranks.get(int(s.rank), 0.0) + s.perf.total
     return max(ranks.values()) if ranks else None
+
+
+def scaling_curve(estimate_at: Callable[[int], object], max_nodes: int) -> List[Dict[str, float]]:
+    """Predicted samples/s per GPU and per job at 1, 2, 4 ... ``max_nodes`` nodes, where
+    ``estimate_at(nodes)`` is the plan's estimate (a planner dry run each: the plan
+    changes with the cluster)."""
+    points = []
+    nodes = 1
+    while nodes <= max_nodes:
+        e = estimate_at(nodes)
+        p = getattr(e, "performance", None)
+        if p:
+            points.append({"nodes": nodes, "gpus": e.world_size, "samples_per_s_per_rank": p["samples_per_s_per_rank"],  # type: ignore[attr-defined]
+                           "samples_per_s": p["samples_per_s"], "bottleneck": p["bottleneck"], "fits": e.fits})  # type: ignore[attr-defined]
+        nodes *= 2
+    return points
 
 
 def plot_scaling(points: List[Dict[str, float]], title: str, path: str) -> str:

@@ -367,21 +367,6 @@ def run(job: Job, cluster: Cluster, min_gpus: bool = False, epoch_hours: Optiona
     return est
 
 
-def scaling_curve(job: Job, cluster: Cluster, max_nodes: int) -> List[Dict[str, float]]:
-    """Predicted samples/s per GPU and per job at 1, 2, 4 ... ``max_nodes`` nodes (a
-    planner dry run each: the plan changes with the cluster), where the job fits."""
-    points = []
-    nodes = 1
-    while nodes <= max_nodes:
-        e = estimate(job, dataclasses.replace(cluster, nodes=nodes))
-        if e.performance:
-            p = e.performance
-            points.append({"nodes": nodes, "gpus": e.world_size, "samples_per_s_per_rank": p["samples_per_s_per_rank"],
-                           "samples_per_s": p["samples_per_s"], "bottleneck": p["bottleneck"], "fits": e.fits})
-        nodes *= 2
-    return points
-
-
 def job_and_cluster(args: argparse.Namespace) -> Tuple[Job, Cluster]:
     """The command line as the objects the planner works on (the YAML is read once).
     A hardware profile supplies HBM, host RAM, GPUs per node and the device unless
@@ -407,7 +392,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     job, cluster = job_and_cluster(args)  # a ConfigError is reported by entry_point: exit 2
     est = run(job, cluster, args.min_gpus, args.epoch_hours)
     if args.plot:
-        points = scaling_curve(job, dataclasses.replace(cluster, nodes=1), args.plot_max_nodes)
+        points = perf_model.scaling_curve(lambda n: estimate(job, dataclasses.replace(cluster, nodes=n)),
+                                          args.plot_max_nodes)
         est.scaling = {"plot": perf_model.plot_scaling(points, f"{job.config_path} on {cluster.hardware.name} "
                                                        f"x{cluster.gpus_per_node} per node (predicted)", args.plot),
                        "points": points}

@@ -16,7 +16,7 @@ import pytest
 from dlrm_dist.config import load_config
 from dlrm_dist.core import criteo
 from dlrm_dist.hardware.profiles import HardwareProfile, load_profile, profile_names, write_profile
-from dlrm_dist.planner import plan, step_time
+from dlrm_dist.planner import dense_flops, plan, step_time
 from dlrm_dist.planner import traffic as tr
 from dlrm_dist.planner.traffic import Shard, TableLayout, Topo
 
@@ -270,8 +270,8 @@ def test_epoch_hours_finds_the_fewest_nodes(tmp_path: Path) -> None:
 def test_gemm_shape_and_the_rate_by_dimension() -> None:
     """A 1031 x 13 @ 13 x 512 forward GEMM: 2 * 1031 * 13 * 512 FLOPs, its weight-side
     dimensions 13 and 512 (the batch 1031 is dropped), so it runs at the rate for 13."""
-    assert step_time._gemm_shape([(1031, 13), (13, 512)]) == (2.0 * 1031 * 13 * 512, 13)
-    assert step_time._gemm_shape([(1031, 27, 16), (1031, 16, 27)]) == (2.0 * 1031 * 27 * 16 * 27, 16)
+    assert dense_flops._gemm_shape([(1031, 13), (13, 512)]) == (2.0 * 1031 * 13 * 512, 13)
+    assert dense_flops._gemm_shape([(1031, 27, 16), (1031, 16, 27)]) == (2.0 * 1031 * 27 * 16 * 27, 16)
     rates = {1: 1.0, 16: 2.0, 256: 8.0}
     assert step_time.rate_at(rates, 4) == pytest.approx(2 ** 0.5)  # halfway in log space
     assert step_time.rate_at(rates, 64) == pytest.approx(4.0)

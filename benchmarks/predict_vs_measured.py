@@ -88,6 +88,7 @@ def run_calibrated_cases(folder: Path, seconds: float) -> List[Dict[str, Any]]:
                 continue
         results.append({**r, "overrides": list(overrides), "profile": str(profile)})
         print(f"[{name}] {r['samples_per_s_per_rank']['median']:.0f} samples/s per rank", flush=True)
+        write_json(folder / "cases.json", {"cases": results})  # --singles re-predicts them later
     return results
 
 
@@ -185,8 +186,10 @@ def predict(case: Dict[str, Any], overrides: List[str], profile) -> Dict[str, An
         prof = dataclasses.replace(profile, inter_host_gb_per_s=case["link_mbit"] / 8 / 1000)
     dense = dense_parameter_count(build_model(cfg.model, torch.device("cpu"), "meta"))
     perf = pf.performance(cfg, tables, topo, dense, prof, "fp32", "criteo_kaggle")
-    rank_prof = prof.for_local_ranks(topo.local_world_size)
-    gemm_ms = perf.bytes_per_rank["dense_flops"] / (rank_prof.dense_tflops("fp32") * 1e12) * 1000
+    from dlrm_dist.planner import step_time
+
+    inp = pf.step_inputs(cfg, tables, topo, dense)
+    gemm_ms = step_time.gemm_seconds(inp, prof.for_local_ranks(topo.local_world_size), "fp32") * 1000
     return {"samples_per_s_per_rank": perf.samples_per_s_per_rank, "step_ms": perf.step_ms,
             "terms_ms": perf.terms_ms, "exposed_ms": perf.exposed_ms, "bottleneck": perf.bottleneck,
             "gemm_fraction_of_step": gemm_ms / perf.step_ms}
@@ -277,6 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--calibrate-each", action="store_true",
                    help="calibrate right before each case and predict it from that profile (a machine others share)")
     p.add_argument("--calibrate-seconds", type=float, default=0.3, help="calibrate --seconds")
+    p.add_argument("--singles", default=None, help="cases.json of an earlier --calibrate-each run: predict them again")
     p.add_argument("--link-mbits", default="100,1000,10000", help="link limits of the 2-node cases")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -285,8 +289,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     load_start = list(os.getloadavg())
     profile_path = args.profile
-    if args.calibrate_each:
-        singles = run_calibrated_cases(out.parent / "predict_vs_measured_profiles", args.calibrate_seconds)
+    if args.calibrate_each or args.singles:
+        singles = (json.loads(Path(args.singles).read_text())["cases"] if args.singles
+                   else run_calibrated_cases(out.parent / "predict_vs_measured_profiles", args.calibrate_seconds))
         return finish(args, out, load_start, None, [], singles, "a profile per case, calibrated just before it")
     if args.calibrate or not profile_path:
         profile_path = str(out.parent / "profile.yaml")

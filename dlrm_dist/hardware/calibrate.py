@@ -12,7 +12,9 @@ as training's ranks do; each gets cores / ranks threads, as ``dist.num_threads=0
 gives them):
 
 * the dense matmul rate: forward + backward of three 512 x 512 linear layers at
-  batch 2048 (FLOPs counted by ``FlopCounterMode``), fp32 (and bf16 on a GPU);
+  batch 2048 (FLOPs counted by ``FlopCounterMode``), fp32 (and bf16 on a GPU); by a
+  GEMM's smallest weight-side dimension (Linear(512, d)); and of batched per-sample
+  products like the dot interaction's (bmm);
 * the copy bandwidth (bytes read + written per second);
 * FBGEMM's fused embedding kernel (lookup, backward, exact Adagrad update) on 8
   tables of 250k x 32 at batch 16 (nearly all fixed cost) and 4096 (nearly all
@@ -52,12 +54,14 @@ A2A_SMALL, A2A_LARGE = 4096, 8 << 20
 
 
 def _time(fn, seconds: float) -> float:  # noqa: ANN001
-    """Median seconds per call (torch.utils.benchmark: syncs CUDA, honours the thread count)."""
+    """Seconds per call: the best of 3 medians (torch.utils.benchmark: syncs CUDA, honours
+    the thread count). The best, not the mean: on a machine others share, a slow
+    repeat measures them, not this machine."""
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: allocations, kernel selection
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=seconds).median
+    return min(timer.blocked_autorange(min_run_time=seconds / 3).median for _ in range(3))
 
 
 def gemm_tflops(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
@@ -93,6 +97,29 @@ def gemm_tflops_by_min_dim(device: torch.device, seconds: float) -> Dict[int, fl
 
         def step() -> None:
             layer(x).sum().backward()
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        out[d] = counter.get_total_flops() / _time(step, seconds) / 1e12
+    return out
+
+
+BMM_DIMS = (8, 16, 64, 128)
+
+
+def bmm_tflops_by_min_dim(device: torch.device, seconds: float) -> Dict[int, float]:
+    """fp32 rate of forward + backward of 2048 per-sample products (32 x d) @ (d x 32),
+    d in BMM_DIMS: the dot interaction's shape ((F+1) x D against its transpose), a batch
+    of tiny matrices that runs at a small fraction of an MLP layer's rate on a CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for d in BMM_DIMS:
+        x = torch.randn(2048, 32, d, device=device, requires_grad=True)
+
+        def step() -> None:
+            torch.bmm(x, x.transpose(1, 2)).sum().backward()
 
         counter = FlopCounterMode(display=False)
         with counter:
@@ -208,6 +235,7 @@ def process_figures(device: torch.device, seconds: float) -> Dict[str, Any]:
     if device.type == "cuda":
         tflops["bf16"] = gemm_tflops(device, torch.bfloat16, seconds)
     return {"peak_tflops": tflops, "gemm_tflops_by_min_dim": gemm_tflops_by_min_dim(device, seconds),
+            "bmm_tflops_by_min_dim": bmm_tflops_by_min_dim(device, seconds),
             "hbm_gb_per_s": copy_gb_per_s(device, seconds), **embedding_kernel(device, seconds)}
 
 
@@ -241,8 +269,8 @@ def rank_figures(world: int, local: int, device: torch.device, seconds: float) -
         return None
     per_rank = {
         "peak_tflops": {k: statistics.median(f["peak_tflops"][k] for f in figs) for k in mine["peak_tflops"]},
-        "gemm_tflops_by_min_dim": {d: statistics.median(f["gemm_tflops_by_min_dim"][d] for f in figs)
-                                   for d in mine["gemm_tflops_by_min_dim"]},
+        **{key: {d: statistics.median(f[key][d] for f in figs) for d in mine[key]}
+           for key in ("gemm_tflops_by_min_dim", "bmm_tflops_by_min_dim")},
         **{k: statistics.median(f[k] for f in figs) for k in ("hbm_gb_per_s", "embedding_gb_per_s", "embedding_fixed_ms")},
     }
     return {"per_rank": per_rank, "links": links, "threads": torch.get_num_threads()}
@@ -303,6 +331,7 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
         host_ram_gb=psutil.virtual_memory().total / GiB,
         peak_tflops=dict(top["peak_tflops"]), hbm_gb_per_s=top["hbm_gb_per_s"],
         gemm_tflops_by_min_dim={int(d): r for d, r in top["gemm_tflops_by_min_dim"].items()},
+        bmm_tflops_by_min_dim={int(d): r for d, r in top["bmm_tflops_by_min_dim"].items()},
         host_link_gb_per_s=measured["host_link_gb_per_s"],
         intra_host_gb_per_s=intra["all_to_all_gb_per_s"] if intra else top["hbm_gb_per_s"],
         inter_host_gb_per_s=inter["all_to_all_gb_per_s"] if inter else None,
@@ -311,11 +340,13 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
                     "inter_host": (inter or intra or {}).get("all_to_all_latency_us", 0.0)},
         input_samples_per_s_per_rank={}, step_overhead_ms=0.0,
         embedding_gb_per_s=top["embedding_gb_per_s"], embedding_fixed_ms=top["embedding_fixed_ms"],
-        by_local_ranks={local: {**ranks["per_rank"], "gemm_tflops_by_min_dim": {
-            int(d): r for d, r in ranks["per_rank"]["gemm_tflops_by_min_dim"].items()}}} if single and local > 1 else {},
+        by_local_ranks={local: {**ranks["per_rank"], **{key: {int(d): r for d, r in ranks["per_rank"][key].items()}
+                                                         for key in ("gemm_tflops_by_min_dim", "bmm_tflops_by_min_dim")}}}
+        if single and local > 1 else {},
         sources={
             "peak_tflops": f"{SOURCE}: forward + backward of 3 Linear(512, 512) at batch 2048",
             "gemm_tflops_by_min_dim": f"{SOURCE}: forward + backward of Linear(512, d) at batch 2048, d in {GEMM_DIMS}",
+            "bmm_tflops_by_min_dim": f"{SOURCE}: forward + backward of 2048 x (32 x d) @ (d x 32), d in {BMM_DIMS}",
             "hbm_gb_per_s": f"{SOURCE}: copy bandwidth (read + write) of 64 MiB (1 GiB on a GPU)",
             "embedding_gb_per_s": f"{SOURCE}: FBGEMM fused lookup + exact Adagrad update, "
                                   f"{EMB_TABLES} tables x {EMB_ROWS} x {EMB_DIM}, batch {EMB_BATCHES}",

@@ -61,6 +61,8 @@ class HardwareProfile:
     gemm_tflops_by_min_dim: Dict[int, float] = field(default_factory=dict)
     """Measured fp32 matmul rate by a GEMM's smallest weight-side dimension (calibrated
     profiles; thin GEMMs run far below square ones on a CPU); empty: the flat rate."""
+    bmm_tflops_by_min_dim: Dict[int, float] = field(default_factory=dict)
+    """The same for batched per-sample products (the dot interaction's bmm); empty: as above."""
     embedding_gb_per_s: Optional[float] = None
     """The fused embedding kernel's measured bandwidth (by the model's byte count);
     None: the memory bandwidth x the memory efficiency (datasheet profiles)."""
@@ -94,6 +96,8 @@ class HardwareProfile:
             prof = dataclasses.replace(prof, peak_tflops={d: r * share for d, r in prof.peak_tflops.items()},
                                        gemm_tflops_by_min_dim={d: r * share for d, r in
                                                                prof.gemm_tflops_by_min_dim.items()},
+                                       bmm_tflops_by_min_dim={d: r * share for d, r in
+                                                              prof.bmm_tflops_by_min_dim.items()},
                                        hbm_gb_per_s=prof.hbm_gb_per_s * share)
         return prof
 
@@ -123,8 +127,9 @@ def from_dict(name: str, raw: Dict[str, Any], where: str) -> HardwareProfile:
 
 def _int_keys(data: Dict[str, Any]) -> Dict[str, Any]:
     """YAML written through JSON has string keys: make the by-dimension rates int-keyed."""
-    if data.get("gemm_tflops_by_min_dim"):
-        data["gemm_tflops_by_min_dim"] = {int(k): float(v) for k, v in data["gemm_tflops_by_min_dim"].items()}
+    for key in ("gemm_tflops_by_min_dim", "bmm_tflops_by_min_dim"):
+        if data.get(key):
+            data[key] = {int(k): float(v) for k, v in data[key].items()}
     return data
 
 

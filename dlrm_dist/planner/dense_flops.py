@@ -42,17 +42,19 @@ class _GemmShapes:
         self.mode = Mode()
 
 
-def _gemm_shape(shapes: List[Tuple[int, ...]]) -> Tuple[float, int]:
-    """(FLOPs, smallest dimension other than the batch) of ``a @ b``; for a bmm the batch
-    is the leading dimension, for an mm it is whichever of m, k, n equals RECORD_BATCH."""
+def _gemm_shape(shapes: List[Tuple[int, ...]]) -> Tuple[float, int, str]:
+    """(FLOPs, smallest dimension other than the batch, kind) of ``a @ b``. A bmm (the dot
+    interaction's per-sample (F+1) x D products) batches tiny matrices: its batch is the
+    leading dimension and it runs at its own, much lower rate; for an mm the batch is
+    whichever of m, k, n equals RECORD_BATCH."""
     a, b = shapes[0], shapes[1]
     if len(a) == 3:
-        return 2.0 * a[0] * a[1] * a[2] * b[2], min(a[1], a[2], b[2])
+        return 2.0 * a[0] * a[1] * a[2] * b[2], min(a[1], a[2], b[2]), "bmm"
     dims = [a[0], a[1], b[1]]
     flops = 2.0 * dims[0] * dims[1] * dims[2]
     if RECORD_BATCH in dims:
         dims.remove(RECORD_BATCH)
-    return flops, min(dims)
+    return flops, min(dims), "mm"
 
 
 @functools.lru_cache(maxsize=32)
@@ -74,8 +76,8 @@ def _flops(model_key: Tuple) -> Tuple[float, float, Tuple, Tuple]:
     with bwd, shapes_bwd.mode:
         loss.backward()
 
-    def per_sample(calls: List[Tuple[float, int]]) -> Tuple:
-        return tuple((f / RECORD_BATCH, d) for f, d in calls)
+    def per_sample(calls: List[Tuple[float, int, str]]) -> Tuple:
+        return tuple((f / RECORD_BATCH, d, kind) for f, d, kind in calls)
 
     return (fwd.get_total_flops() / RECORD_BATCH, bwd.get_total_flops() / RECORD_BATCH,
             per_sample(shapes_fwd.calls), per_sample(shapes_bwd.calls))
@@ -95,8 +97,9 @@ def dense_flops_per_sample(model_cfg) -> Tuple[float, float]:  # noqa: ANN001 - 
 
 
 def dense_gemms(model_cfg) -> Tuple[Tuple, Tuple]:  # noqa: ANN001 - ModelConfig
-    """Every matmul of the dense step as (FLOPs per sample, smallest weight-side dimension),
-    forward and backward: a thin GEMM (13 inputs, 1 output) runs far below a square one."""
+    """Every matmul of the dense step as (FLOPs per sample, smallest weight-side dimension,
+    "mm" or "bmm"), forward and backward: a thin GEMM (13 inputs, 1 output) runs far
+    below a square one, a batch of tiny per-sample products further still."""
     _, _, fwd, bwd = _flops(_model_key(model_cfg))
     return fwd, bwd
 

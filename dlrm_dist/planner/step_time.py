@@ -60,9 +60,9 @@ class StepInputs:
     pipeline: str
     input_kind: Optional[str]
     """one_hot / multi_hot for data read from disk; None when batches are ready-made."""
-    gemms: Tuple[Tuple[float, int], ...] = ()
-    """Every matmul of forward + backward as (FLOPs per sample, smallest weight-side dim),
-    for profiles that measured the rate by GEMM shape; empty: the flat rate."""
+    gemms: Tuple[Tuple[float, int, str], ...] = ()
+    """Every matmul of forward + backward as (FLOPs per sample, smallest weight-side dim,
+    mm | bmm), for profiles that measured the rate by GEMM shape; empty: the flat rate."""
 
 
 @dataclass
@@ -172,11 +172,13 @@ def all_reduce_seconds(nbytes: float, topo: Topo, profile: HardwareProfile) -> f
 def gemm_seconds(inp: StepInputs, profile: HardwareProfile, dtype: str) -> float:
     """The dense step's matmuls: at the profile's measured rate for each GEMM's smallest
     weight-side dimension when it has one (fp32; interpolated in log-space between the
-    measured dimensions), else all FLOPs at the flat rate for ``dtype``."""
+    measured dimensions; batched per-sample products at the bmm rate), else all FLOPs
+    at the flat rate for ``dtype``."""
     by_dim = profile.gemm_tflops_by_min_dim
     if not (by_dim and dtype == "fp32" and inp.gemms):
         return inp.batch * (inp.flops_fwd_per_sample + inp.flops_bwd_per_sample) / (profile.dense_tflops(dtype) * 1e12)
-    return sum(inp.batch * f / (rate_at(by_dim, d) * 1e12) for f, d in inp.gemms)
+    bmm = profile.bmm_tflops_by_min_dim or by_dim
+    return sum(inp.batch * f / (rate_at(bmm if kind == "bmm" else by_dim, d) * 1e12) for f, d, kind in inp.gemms)
 
 
 def rate_at(by_dim: Dict[int, float], d: int) -> float:

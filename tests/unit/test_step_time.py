@@ -270,12 +270,12 @@ def test_epoch_hours_finds_the_fewest_nodes(tmp_path: Path) -> None:
 def test_gemm_shape_and_the_rate_by_dimension() -> None:
     """A 1031 x 13 @ 13 x 512 forward GEMM: 2 * 1031 * 13 * 512 FLOPs, its weight-side
     dimensions 13 and 512 (the batch 1031 is dropped), so it runs at the rate for 13."""
-    assert dense_flops._gemm_shape([(1031, 13), (13, 512)]) == (2.0 * 1031 * 13 * 512, 13)
-    assert dense_flops._gemm_shape([(1031, 27, 16), (1031, 16, 27)]) == (2.0 * 1031 * 27 * 16 * 27, 16)
+    assert dense_flops._gemm_shape([(1031, 13), (13, 512)]) == (2.0 * 1031 * 13 * 512, 13, "mm")
+    assert dense_flops._gemm_shape([(1031, 27, 16), (1031, 16, 27)]) == (2.0 * 1031 * 27 * 16 * 27, 16, "bmm")
     rates = {1: 1.0, 16: 2.0, 256: 8.0}
     assert step_time.rate_at(rates, 4) == pytest.approx(2 ** 0.5)  # halfway in log space
     assert step_time.rate_at(rates, 64) == pytest.approx(4.0)
     assert (step_time.rate_at(rates, 1), step_time.rate_at(rates, 4096)) == (1.0, 8.0)  # clamped
     thin = dataclasses.replace(ROUND, gemm_tflops_by_min_dim={1: 0.5, 1024: 1.0})
-    inp = dataclasses.replace(inputs(), gemms=((1e6, 1), (2e6, 1024)))  # 1 MFLOP at d=1, 2 at d=1024
+    inp = dataclasses.replace(inputs(), gemms=((1e6, 1, "mm"), (2e6, 1024, "mm")))  # 1 MFLOP at d=1, 2 at d=1024
     assert step_time.gemm_seconds(inp, thin, "fp32") == pytest.approx(1000 * (1e6 / 0.5e12 + 2e6 / 1e12))

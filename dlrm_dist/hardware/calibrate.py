@@ -239,6 +239,46 @@ def process_figures(device: torch.device, seconds: float) -> Dict[str, Any]:
             "hbm_gb_per_s": copy_gb_per_s(device, seconds), **embedding_kernel(device, seconds)}
 
 
+TINY_BATCH, TINY_STEPS = 64, 20
+
+
+def framework_step(world: int, local: int, device: torch.device) -> Dict[str, Any]:
+    """Seconds per step of a minimal DLRM (26 tables of 64 rows x dim 8, 8-wide MLPs,
+    batch 64 per rank) trained as training trains it (TorchRec's planner, DMP, fused
+    optimizer, TrainPipelineSparseDist): next to no FLOPs or bytes, so the step is the
+    framework's fixed cost per step (KJT handling, the pipeline, DDP, Python), which
+    the caller turns into ``step_overhead_ms`` by subtracting the model's own terms."""
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+    from dlrm_dist.config import Config, ModelConfig
+    from dlrm_dist.data.random_source import RandomSplit
+    from dlrm_dist.model import build_model
+    from dlrm_dist.training.distributed import DistEnv
+    from dlrm_dist.training.optim import apply_embedding_optimizer, build_optimizer
+    from dlrm_dist.training.sharding import build_plan, shard_model
+
+    cfg = Config(model=ModelConfig(embedding_dim=8, num_embeddings=64, bottom_mlp=[8], top_mlp=[8, 1]))
+    rank = dist.get_rank()
+    env = DistEnv(rank, world, rank % local, local, device, dist.get_backend())
+    model = build_model(cfg.model, device)
+    apply_embedding_optimizer(model, cfg.optim.embedding)
+    plan = build_plan(model, cfg.sharding, env, TINY_BATCH)
+    dmp = shard_model(model, plan, env)
+    pipe = TrainPipelineSparseDist(dmp, build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding), device,
+                                   execute_all_batches=True)
+    batches = iter(RandomSplit(TINY_BATCH, TINY_STEPS + 10, cfg.model.table_sizes(), None, seed=0))
+    for _ in range(5):
+        pipe.progress(batches)
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(TINY_STEPS):
+        pipe.progress(batches)
+    seconds = (time.perf_counter() - start) / TINY_STEPS
+    table = {name: {"sharding_type": ps.sharding_type, "compute_kernel": ps.compute_kernel, "ranks": ps.ranks}
+             for module_plan in plan.plan.values() for name, ps in module_plan.items()}  # type: ignore[union-attr]
+    return {"seconds": seconds, "plan": table, "config": cfg}
+
+
 def _groups(world: int, local: int) -> tuple:
     """(this host's ranks, the ranks of this local index on every host) as process groups;
     every rank creates every group in the same order, as torch.distributed requires."""
@@ -265,6 +305,9 @@ def rank_figures(world: int, local: int, device: torch.device, seconds: float) -
     intra, inter = _groups(world, local)
     links = {"intra_host": link(intra, device, seconds) if local > 1 else None,
              "inter_host": link(inter, device, seconds) if world > local else None}
+    tiny = framework_step(world, local, device)
+    worst = torch.tensor([tiny["seconds"]], dtype=torch.float64, device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     if dist.get_rank() != 0:
         return None
     per_rank = {
@@ -273,7 +316,8 @@ def rank_figures(world: int, local: int, device: torch.device, seconds: float) -
            for key in ("gemm_tflops_by_min_dim", "bmm_tflops_by_min_dim")},
         **{k: statistics.median(f[k] for f in figs) for k in ("hbm_gb_per_s", "embedding_gb_per_s", "embedding_fixed_ms")},
     }
-    return {"per_rank": per_rank, "links": links, "threads": torch.get_num_threads()}
+    return {"per_rank": per_rank, "links": links, "threads": torch.get_num_threads(),
+            "tiny_step_s": float(worst), "tiny_plan": tiny["plan"]}
 
 
 def _spawned(rank: int, world: int, local: int, port: int, seconds: float, out: str) -> None:
@@ -316,6 +360,30 @@ def _versions() -> Dict[str, str]:
 SOURCE = "measured by dlrm-dist calibrate on this machine"
 
 
+def with_step_overhead(prof: HardwareProfile, ranks: Dict[str, Any], world: int, local: int) -> HardwareProfile:
+    """``step_overhead_ms``: the minimal DLRM's measured step minus what the step-time
+    model predicts for it from every other figure of this profile (collective latencies,
+    the embedding kernel's fixed cost ...), so nothing is counted twice. Measured with
+    ``local`` ranks; applied to the one-process figures too (not measured alone)."""
+    import dataclasses
+
+    from dlrm_dist.config import Config, ModelConfig
+    from dlrm_dist.planner import performance as pf
+    from dlrm_dist.planner.traffic import Topo
+
+    cfg = Config(model=ModelConfig(embedding_dim=8, num_embeddings=64, bottom_mlp=[8], top_mlp=[8, 1]))
+    cfg.train.batch_size = TINY_BATCH
+    topo = Topo(world, local)
+    tables = pf.layout_from_table(cfg, ranks["tiny_plan"])
+    from dlrm_dist.model import build_model, dense_parameter_count
+
+    dense = dense_parameter_count(build_model(cfg.model, torch.device("cpu"), "meta"))
+    model_ms = pf.performance(cfg, tables, topo, dense, prof, "fp32", "criteo_kaggle").step_ms
+    overhead = max(0.0, ranks["tiny_step_s"] * 1000 - model_ms)
+    by_local = {k: {**v, "step_overhead_ms": overhead} for k, v in prof.by_local_ranks.items()}
+    return dataclasses.replace(prof, step_overhead_ms=overhead, by_local_ranks=by_local)
+
+
 def build_profile(name: str, device: torch.device, single: Optional[Dict[str, Any]], ranks: Dict[str, Any],
                   local: int, measured: Dict[str, Any]) -> HardwareProfile:
     """The profile: the one-process figures on top (a rank alone on the host), the
@@ -355,7 +423,9 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
                                    else "not measured: run calibrate under torchrun across hosts",
             "latency_us": f"{SOURCE}: all_to_all_single of 4 KiB",
             "input_samples_per_s_per_rank": "not measured by calibrate: benchmarks/loader.py measures it",
-            "step_overhead_ms": "not measured (0)",
+            "step_overhead_ms": f"{SOURCE}: a training step of a minimal DLRM (26 tables x 64 rows x dim 8, "
+                                f"8-wide MLPs, batch {TINY_BATCH} per rank, TorchRec's DMP and TrainPipelineSparseDist), "
+                                "minus the model's prediction for it",
             "efficiency": "1.0: every rate above is measured, not a datasheet peak",
         },
         measured=measured,
@@ -382,7 +452,8 @@ def calibrate(name: str, ranks: int, seconds: float, hosts: int = 1) -> Hardware
                 "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
                 "seconds": round(time.perf_counter() - start, 1), "versions": _versions(),
                 "host_link_gb_per_s": link_bw, "one_process": single, "ranks": per_ranks, "local_ranks": ranks}
-    return build_profile(name, device, single, per_ranks, ranks // hosts, measured)
+    prof = build_profile(name, device, single, per_ranks, ranks // hosts, measured)
+    return with_step_overhead(prof, per_ranks, ranks, ranks // hosts)
 
 
 def calibrate_under_torchrun(name: str, seconds: float) -> Optional[HardwareProfile]:
@@ -404,7 +475,7 @@ def calibrate_under_torchrun(name: str, seconds: float) -> Optional[HardwareProf
                 "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
                 "versions": _versions(), "host_link_gb_per_s": host_link_gb_per_s(device, seconds),
                 "ranks": result, "local_ranks": local, "hosts": world // local}
-    return build_profile(name, device, None, result, local, measured)
+    return with_step_overhead(build_profile(name, device, None, result, local, measured), result, world, local)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -23,6 +23,9 @@ def test_calibrate_writes_a_profile_the_plan_reads(tmp_path: Path, capsys: pytes
     assert prof.inter_host_gb_per_s is None  # one host: not measured, and said so
     assert "not measured" in prof.sources["inter_host_gb_per_s"]
     assert 2 in prof.by_local_ranks and prof.measured["load_average_before"]
+    # the minimal DLRM's step, less the model's own terms for it: the framework's cost per step
+    assert prof.measured["ranks"]["tiny_step_s"] * 1000 >= prof.step_overhead_ms >= 0
+    assert "minimal DLRM" in prof.sources["step_overhead_ms"]
     capsys.readouterr()
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text("data: {source: random}\nmodel: {embedding_dim: 16, num_embeddings: 1000, "

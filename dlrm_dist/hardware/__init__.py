@@ -4,4 +4,5 @@ doctor      ``dlrm-dist doctor``: is this node ready for a job (exit 0/1)
 host        facts read off this host: GPUs the driver sees, the memory limit the process has
 profiles    hardware profiles (GPUs and nodes people book) the planner's step-time model reads
 calibrate   ``dlrm-dist calibrate``: measure this machine into a profile
+measure     what calibrate measures, one figure per function
 """

@@ -162,6 +162,7 @@ def predict(case: Dict[str, Any], overrides: List[str], profile) -> Dict[str, An
     import dataclasses
 
     from dlrm_dist.config import load_config
+    from dlrm_dist.core.units import GiB
     from dlrm_dist.model import build_model, dense_parameter_count
     from dlrm_dist.planner import capacity as cap
     from dlrm_dist.planner import performance as pf
@@ -179,7 +180,7 @@ def predict(case: Dict[str, Any], overrides: List[str], profile) -> Dict[str, An
         tables = pf.layout_from_table(cfg, case["plan"])
     else:
         model = cap.meta_model(cfg.model, cfg.optim.embedding)
-        run = cap.run_planner(cfg, model, topo.world_size, topo.local_world_size, "cpu", 0, 8 << 30)
+        run = cap.run_planner(cfg, model, topo.world_size, topo.local_world_size, "cpu", 0, 8 * GiB)
         tables = pf.layout_from_options(cfg, run.options)
     prof = profile
     if case.get("link_mbit"):  # the cluster's configured limit is the link between the two hosts

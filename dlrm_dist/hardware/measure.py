@@ -17,9 +17,13 @@ from typing import Any, Dict
 import torch
 import torch.distributed as dist
 
+from dlrm_dist.core.units import GiB, MiB
+
+KiB = 1024
+
 EMB_TABLES, EMB_ROWS, EMB_DIM = 8, 250_000, 32
 EMB_BATCHES = (16, 4096)
-A2A_SMALL, A2A_LARGE = 4096, 8 << 20
+A2A_SMALL, A2A_LARGE = 4 * KiB, 8 * MiB
 
 
 def _time(fn, seconds: float) -> float:  # noqa: ANN001
@@ -99,7 +103,7 @@ def bmm_tflops_by_min_dim(device: torch.device, seconds: float) -> Dict[int, flo
 
 def copy_gb_per_s(device: torch.device, seconds: float) -> float:
     """Bytes read + written per second by ``dst.copy_(src)`` (64 MiB; 1 GiB on a GPU)."""
-    nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
+    nbytes = GiB if device.type == "cuda" else 64 * MiB
     src = torch.empty(nbytes // 4, device=device).uniform_()
     dst = torch.empty_like(src)
     return 2.0 * nbytes / _time(lambda: dst.copy_(src), seconds) / 1e9
@@ -193,8 +197,8 @@ def host_link_gb_per_s(device: torch.device, seconds: float) -> float:
     device the "host link" is memory itself: the copy bandwidth."""
     if device.type != "cuda":
         return copy_gb_per_s(device, seconds)
-    src = torch.empty(64 << 20, pin_memory=True).uniform_()
-    dst = torch.empty(64 << 20, device=device)
+    src = torch.empty(256 * MiB // 4, pin_memory=True).uniform_()
+    dst = torch.empty(256 * MiB // 4, device=device)
     return src.numel() * 4 / _time(lambda: dst.copy_(src, non_blocking=True), seconds) / 1e9
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from dlrm_dist.config import Config
 from dlrm_dist.core import criteo
+from dlrm_dist.core.units import GiB
 from dlrm_dist.hardware.profiles import HardwareProfile
 from dlrm_dist.planner import step_time
 from dlrm_dist.planner.traffic import Shard, TableLayout, Topo
@@ -116,7 +117,7 @@ def torchrec_embedding_ms(cfg: Config, options: Sequence, topo: Topo, profile: H
                         inter_host_bw=(prof.inter_host_gb_per_s or prof.intra_host_gb_per_s) * link)
     topology = TopologyFactory.create_topology(
         trainer_config=TrainerConfig(world_size=topo.world_size, local_world_size=topo.local_world_size,
-                                     hbm_cap_bytes=int(prof.hbm_gb * 2**30), ddr_cap_bytes=2**40),
+                                     hbm_cap_bytes=int(prof.hbm_gb * GiB), ddr_cap_bytes=1024 * GiB),
         hardware_config=hw, kernel_config=KernelConfig(compute_device=prof.device, use_hardware_based_bandwidth=True))
     opts = copy.deepcopy(list(options))
     constraints = build_constraints(cfg.sharding, input_pooling_factors(cfg.data))

@@ -23,10 +23,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
+from dlrm_dist.core.units import MiB
+
 ID_BYTES = 8  # int64 ids in the KJT TorchRec's input all-to-all sends
 LENGTH_BYTES = 4  # int32 lengths, one per sample and feature
 POOLED_BYTES = 4  # pooled embeddings and their gradients travel as fp32
-DDP_BUCKET_BYTES = 25 * 1024**2  # DDP's default bucket_cap_mb=25: one all-reduce call per bucket
+DDP_BUCKET_BYTES = 25 * MiB  # DDP's default bucket_cap_mb=25: one all-reduce call per bucket
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import pytest
 
 from dlrm_dist.config import load_config
 from dlrm_dist.core import criteo
+from dlrm_dist.core.units import GiB, MiB
 from dlrm_dist.hardware.profiles import HardwareProfile, load_profile, profile_names, write_profile
 from dlrm_dist.planner import dense_flops, plan, step_time
 from dlrm_dist.planner import traffic as tr
@@ -138,7 +139,7 @@ def test_input_all_to_all_ids() -> None:
 def test_ring_all_reduce_bytes() -> None:
     assert tr.ring_all_reduce_bytes(1000, 4) == 1500  # 2 (W-1)/W
     assert tr.ring_all_reduce_bytes(1000, 1) == 0
-    assert tr.all_reduce_calls(60 * 1024**2) == 3  # DDP's 25 MiB buckets
+    assert tr.all_reduce_calls(60 * MiB) == 3  # DDP's 25 MiB buckets
 
 
 # ---- times and overlap ---------------------------------------------------------- #
@@ -246,7 +247,7 @@ def test_plan_json_has_the_performance_contract(tmp_path: Path, capsys: pytest.C
     rc = plan.main(["--config", str(cfg), "--hardware", "h100_sxm", "--dataset", "criteo_kaggle", "--json"])
     out = json.loads(capsys.readouterr().out)
     p = out["performance"]
-    assert rc == 0 and out["hbm_per_rank"] == int(79.6 * 2**30) and out["world_size"] == 8  # from the profile
+    assert rc == 0 and out["hbm_per_rank"] == int(79.6 * GiB) and out["world_size"] == 8  # from the profile
     assert {"samples_per_s_per_rank", "samples_per_s", "step_ms", "terms_ms", "bottleneck", "epoch_s"} <= set(p)
     assert p["samples_per_s_per_rank"] == pytest.approx(4096 / (p["step_ms"] / 1000))
     assert p["samples_per_s"] == pytest.approx(8 * p["samples_per_s_per_rank"])

@@ -3,7 +3,8 @@
     dlrm-dist train      --config FILE [--run-dir DIR] [section.key=value ...]
     dlrm-dist preprocess --dataset criteo_1tb|criteo_kaggle --input PATH --output DIR ...
     dlrm-dist synth      --format tsv --days D --rows-per-day N --output DIR
-    dlrm-dist plan       --config FILE --nodes N --gpus-per-node G ...
+    dlrm-dist plan       --config FILE --nodes N --gpus-per-node G [--hardware NAME|FILE] ...
+    dlrm-dist calibrate  --output FILE [--ranks N] [--seconds S]
     dlrm-dist report     RUN_DIR [RUN_DIR ...] [--output report.png]
     dlrm-dist export     CHECKPOINT --output model.pt [--dtype fp32|fp16|int8] [--program model.pt2]
     dlrm-dist predict    --model model.pt --data DIR [--split val|test] [--output preds.npy]
@@ -24,6 +25,7 @@ COMMANDS = {
     "preprocess": ("dlrm_dist.prep.preprocess", "raw Criteo TSV days -> npy days"),
     "synth": ("dlrm_dist.prep.synth_tsv", "write raw Criteo-format days from the synthetic teacher"),
     "plan": ("dlrm_dist.planner.plan", "will this job fit? sharding plan and memory per rank and host"),
+    "calibrate": ("dlrm_dist.hardware.calibrate", "measure this machine into a hardware profile for plan --hardware"),
     "report": ("dlrm_dist.training.report", "summarise and plot finished runs (summary.json, metrics.jsonl)"),
     "export": ("dlrm_dist.serving.export", "sharded checkpoint -> one single-process model (+ serving program)"),
     "predict": ("dlrm_dist.serving.predict", "click probabilities of an exported model for an npy folder"),

@@ -6,4 +6,5 @@ stack       torch's build and FBGEMM's variant: do they agree with each other an
 collectives all_reduce / all_to_all timed over the backend training picks (doctor, benchmarks/comm.py)
 profiles    hardware profiles (GPUs and nodes people book) the planner's step-time model reads
 calibrate   ``dlrm-dist calibrate``: measure this machine into a profile
+measure     what calibrate measures, one figure per function
 """

@@ -2,7 +2,8 @@
 
     dlrm-dist plan --config FILE --nodes N --gpus-per-node G [--hbm-gb H]
         [--host-ram-gb R] [--device cuda|cpu] [--json] [--min-gpus]
-        [--dataset criteo_1tb|criteo_kaggle] [--days D] [section.key=value ...]
+        [--hardware NAME|FILE] [--dense-dtype fp32|tf32|bf16] [--epoch-hours H]
+        [--plot PNG] [--dataset criteo_1tb|criteo_kaggle] [--days D] [section.key=value ...]
 
 It runs TorchRec's sharding planner as a dry run for the cluster described (on
 any host: the model is on the meta device), then adds up per rank and per host
@@ -15,6 +16,12 @@ single changes are tried in order and the first that fits is reported: more
 GPUs, UVM caching, RowWiseAdagrad, fp16 tables, smaller tables. Exit code 0
 when it fits, 1 when it does not, 2 on a bad config. docs/planning.md explains
 how to read the report.
+
+With ``--hardware`` (a shipped profile: a100_80gb, h100_sxm, h200, b200; or the
+YAML ``dlrm-dist calibrate`` writes) it also predicts the step time term by term,
+samples/s per rank and per job, the bottleneck and the time per epoch
+(``dlrm_dist.planner.step_time``); ``--epoch-hours`` finds the fewest nodes that
+train one epoch within that time, ``--plot`` draws the predicted scaling curve.
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ from dlrm_dist.core import criteo
 from dlrm_dist.planner import preprocess_cost
 from dlrm_dist.config import Config, apply_overrides, load_config
 from dlrm_dist.core.errors import entry_point
+from dlrm_dist.hardware.profiles import DENSE_DTYPES, HardwareProfile, load_profile
+from dlrm_dist.planner import performance as perf_model
 from dlrm_dist.planner.plan_report import Estimate, format_report
+from dlrm_dist.planner.traffic import Topo
 from dlrm_dist.core.units import GiB
 
 MAX_GPUS = 512
@@ -51,6 +61,10 @@ class Cluster:
     hbm_gb: float = 80.0
     host_ram_gb: float = 1024.0
     device: str = "cuda"
+    hardware: Optional[HardwareProfile] = None
+    """The profile the step-time model uses; None: memory only (no performance)."""
+    dense_dtype: str = "fp32"
+    """The dense part's matmul dtype for the model (training runs fp32)."""
 
     @property
     def world_size(self) -> int:
@@ -166,6 +180,12 @@ def estimate(job: Job, cluster: Cluster) -> Estimate:
         floor=_floor(cfg, model, cluster.device, g),
         fits=False,
     )
+    if cluster.hardware is not None and run.error is None:
+        topo = Topo(world, g)
+        p = perf_model.performance(cfg, perf_model.layout_from_options(cfg, run.options), topo,
+                                   stats.dense_params, cluster.hardware, cluster.dense_dtype, job.dataset)
+        p.torchrec_embedding_ms = perf_model.torchrec_embedding_ms(cfg, run.options, topo, cluster.hardware)
+        est.performance = p.to_dict()
     est.reasons = _verdict(est, ranks)
     est.fits = not est.reasons
     return est
@@ -192,19 +212,31 @@ def smallest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> Optional[
     return n
 
 
-def _node_search(job: Job, cluster: Cluster, lo: int, sweep: List[Dict[str, object]]) -> Optional[Estimate]:
-    """The smallest node count from ``lo`` (up to MAX_GPUS) that fits, recording each try."""
+def _node_search(job: Job, cluster: Cluster, lo: int, sweep: List[Dict[str, object]],
+                 ok: Callable[[Estimate], bool] = lambda e: e.fits) -> Optional[Estimate]:
+    """The smallest node count from ``lo`` (up to MAX_GPUS) whose estimate is ``ok``
+    (fits, by default), recording each try."""
     seen: Dict[int, Estimate] = {}
 
-    def fits(nodes: int) -> bool:
+    def good(nodes: int) -> bool:
         if nodes not in seen:
             seen[nodes] = e = estimate(job, dataclasses.replace(cluster, nodes=nodes))
-            sweep.append({"nodes": nodes, "gpus": e.world_size, "fits": e.fits, "reasons": e.reasons})
-        return seen[nodes].fits
+            epoch = (e.performance or {}).get("epoch_s")
+            sweep.append({"nodes": nodes, "gpus": e.world_size, "fits": e.fits, "reasons": e.reasons,
+                          "epoch_s": epoch, "ok": ok(e)})
+        return ok(seen[nodes])
 
     hi = max(lo, MAX_GPUS // cluster.gpus_per_node)
-    best = smallest_fitting(fits, lo, hi)
+    best = smallest_fitting(good, lo, hi)
     return seen[best] if best is not None else None
+
+
+def within_epoch_time(hours: float) -> Callable[[Estimate], bool]:
+    """Fits, and the predicted epoch takes at most ``hours``."""
+    def ok(e: Estimate) -> bool:
+        epoch = (e.performance or {}).get("epoch_s")
+        return e.fits and epoch is not None and float(epoch) <= hours * 3600  # type: ignore[arg-type]
+    return ok
 
 
 def _table_caps(cfg: Config) -> List[List[str]]:
@@ -264,19 +296,34 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                                 epilog="Exit code 0: fits; 1: does not fit; 2: bad config. See docs/planning.md.")
     p.add_argument("--config", required=True, help="YAML config (model, optim, train.batch_size, sharding)")
     p.add_argument("--nodes", type=int, default=1, help="hosts in the job")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="ranks per host (GPUs, or processes with --device cpu)")
-    p.add_argument("--hbm-gb", type=float, default=80.0, help="HBM per GPU, GiB (default 80)")
-    p.add_argument("--host-ram-gb", type=float, default=1024.0, help="RAM per host, GiB (default 1024)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="compute device of the ranks")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="ranks per host (GPUs, or processes with --device cpu); default: the profile's, else 8")
+    p.add_argument("--hbm-gb", type=float, default=None, help="HBM per GPU, GiB (default: the profile's, else 80)")
+    p.add_argument("--host-ram-gb", type=float, default=None, help="RAM per host, GiB (default: the profile's, else 1024)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="compute device of the ranks (default cuda)")
+    p.add_argument("--hardware", default=None,
+                   help="hardware profile for the step-time prediction: a100_80gb, h100_sxm, h200, b200, "
+                        "or a YAML file (dlrm-dist calibrate --output FILE)")
+    p.add_argument("--dense-dtype", choices=DENSE_DTYPES, default="fp32",
+                   help="matmul dtype of the MLPs for the prediction (training runs fp32)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON (bytes, ms)")
     p.add_argument("--min-gpus", action="store_true", help="find the smallest GPU count (multiple of --gpus-per-node) that fits")
-    p.add_argument("--dataset", choices=sorted(criteo.DATASET_ROWS), help="for the preprocessing estimate (default: from table sizes)")
+    p.add_argument("--epoch-hours", type=float, default=None,
+                   help="find the fewest nodes that fit and train one epoch within this many hours (needs --hardware)")
+    p.add_argument("--plot", default=None, help="write the predicted scaling curve (1 ... --plot-max-nodes nodes) to this PNG")
+    p.add_argument("--plot-max-nodes", type=int, default=64, help="largest node count of --plot (powers of 2)")
+    p.add_argument("--dataset", choices=sorted(criteo.DATASET_ROWS), help="for the preprocessing estimate and the epoch (default: from table sizes)")
     p.add_argument("--days", type=int, default=0, help="days to preprocess (default: all)")
     p.add_argument("--verbose", action="store_true", help="keep TorchRec's planner logs")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = p.parse_args(argv)
-    if args.nodes < 1 or args.gpus_per_node < 1 or args.hbm_gb < 0 or args.host_ram_gb <= 0:
+    if (args.nodes < 1 or (args.gpus_per_node or 1) < 1 or (args.hbm_gb or 0) < 0
+            or (args.host_ram_gb is not None and args.host_ram_gb <= 0)):
         p.error("--nodes and --gpus-per-node must be >= 1, --hbm-gb >= 0, --host-ram-gb > 0")
+    if (args.epoch_hours is not None or args.plot) and not args.hardware:
+        p.error("--epoch-hours and --plot predict speed: they need --hardware NAME|FILE")
+    if args.min_gpus and args.epoch_hours is not None:
+        p.error("--min-gpus and --epoch-hours are two searches: pick one")
     return args
 
 
@@ -300,15 +347,19 @@ def lower_bound_nodes(cfg: Config, cluster: Cluster) -> int:
     return max(1, math.ceil(sparse / (per_rank * cluster.gpus_per_node)))
 
 
-def run(job: Job, cluster: Cluster, min_gpus: bool = False) -> Estimate:
+def run(job: Job, cluster: Cluster, min_gpus: bool = False, epoch_hours: Optional[float] = None) -> Estimate:
     """The report for ``cluster``, with a remedy when it does not fit; or, with
-    ``min_gpus``, the smallest node count that fits and the sweep that found it."""
-    if min_gpus:
+    ``min_gpus``, the smallest node count that fits and the sweep that found it; or,
+    with ``epoch_hours``, the fewest nodes that fit and train one epoch in that time
+    (more nodes are assumed never slower for the job, as the bisection needs)."""
+    if min_gpus or epoch_hours is not None:
         sweep: List[Dict[str, object]] = []
-        best = _node_search(job, cluster, lower_bound_nodes(job.cfg, cluster), sweep)
+        ok = within_epoch_time(epoch_hours) if epoch_hours is not None else (lambda e: e.fits)
+        best = _node_search(job, cluster, lower_bound_nodes(job.cfg, cluster), sweep, ok)
         est = best if best is not None else estimate(
             job, dataclasses.replace(cluster, nodes=math.ceil(MAX_GPUS / cluster.gpus_per_node)))
         est.sweep = sorted(sweep, key=lambda s: int(s["nodes"]))  # type: ignore[arg-type]
+        est.sweep_goal = f"epoch within {epoch_hours:g} h" if epoch_hours is not None else "fits"
         return est
     est = estimate(job, cluster)
     if not est.fits:
@@ -317,9 +368,20 @@ def run(job: Job, cluster: Cluster, min_gpus: bool = False) -> Estimate:
 
 
 def job_and_cluster(args: argparse.Namespace) -> Tuple[Job, Cluster]:
-    """The command line as the objects the planner works on (the YAML is read once)."""
+    """The command line as the objects the planner works on (the YAML is read once).
+    A hardware profile supplies HBM, host RAM, GPUs per node and the device unless
+    the command line gives them."""
     job = Job(load_config(args.config, args.overrides), args.config, list(args.overrides), args.dataset, args.days)
-    cluster = Cluster(args.nodes, args.gpus_per_node, args.hbm_gb, args.host_ram_gb, args.device)
+    hw = load_profile(args.hardware) if args.hardware else None
+
+    def pick(given: object, from_profile: object, default: object) -> object:
+        return given if given is not None else (from_profile if hw is not None else default)
+
+    cluster = Cluster(
+        args.nodes, int(pick(args.gpus_per_node, hw and hw.gpus_per_node, 8)),  # type: ignore[arg-type]
+        float(pick(args.hbm_gb, hw and hw.hbm_gb, 80.0)),  # type: ignore[arg-type]
+        float(pick(args.host_ram_gb, hw and hw.host_ram_gb, 1024.0)),  # type: ignore[arg-type]
+        str(pick(args.device, hw and hw.device, "cuda")), hw, args.dense_dtype)
     return job, cluster
 
 
@@ -328,13 +390,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     _quiet(args.verbose)
     job, cluster = job_and_cluster(args)  # a ConfigError is reported by entry_point: exit 2
-    est = run(job, cluster, args.min_gpus)
+    est = run(job, cluster, args.min_gpus, args.epoch_hours)
+    if args.plot:
+        points = perf_model.scaling_curve(lambda n: estimate(job, dataclasses.replace(cluster, nodes=n)),
+                                          args.plot_max_nodes)
+        est.scaling = {"plot": perf_model.plot_scaling(points, f"{job.config_path} on {cluster.hardware.name} "
+                                                       f"x{cluster.gpus_per_node} per node (predicted)", args.plot),
+                       "points": points}
     if args.json:
         print(json.dumps(dataclasses.asdict(est), indent=1))
     else:
         print(format_report(est))
     return 0 if est.fits else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,7 @@ from dlrm_dist.planner import preprocess_cost
 from dlrm_dist.planner import plan
 from dlrm_dist.config import load_config
 from dlrm_dist.core.errors import CapacityError
+from dlrm_dist.core.units import MiB
 from dlrm_dist.model.dlrm import build_model, dense_parameter_count
 
 TB_SIZES = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
@@ -222,7 +223,7 @@ def test_tiny_config_fits_one_cpu_host_and_reads_well(cfgs: dict, capsys: pytest
 def test_check_host_memory(cfgs: dict) -> None:
     cfg = load_config(cfgs["tiny"])
     need = host_check.host_memory_per_rank(cfg, 1, 1, "cpu")
-    assert cap.CPU_PROCESS_BYTES < need < cap.CPU_PROCESS_BYTES + 64 * 1024**2
+    assert cap.CPU_PROCESS_BYTES < need < cap.CPU_PROCESS_BYTES + 64 * MiB
     host_check.check_host_memory(cfg, 1, 1, "cpu", available_bytes=need)
     with pytest.raises(CapacityError, match=r"need .* GiB .* available.*rowwise_adagrad"):
         host_check.check_host_memory(cfg, 2, 2, "cpu", available_bytes=need)

@@ -31,7 +31,8 @@ logger = logging.getLogger("dlrm_dist")
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dlrm-dist train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="YAML config: a path, or a shipped name (smoke, criteo_kaggle, criteo_1tb, mlperf_dcnv2)")
+    p.add_argument("--config", required=True,
+                   help="YAML config: a path, or a shipped name (smoke, criteo_kaggle, criteo_1tb, mlperf_dcnv2)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<config>-<time>)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=512")
     return p.parse_args(argv)

@@ -2,7 +2,7 @@
 samples/s per rank, case by case, from one calibrated profile and nothing else.
 
     python benchmarks/predict_vs_measured.py --json OUT [--profile FILE | --calibrate | --calibrate-each]
-        [--measured A.json,B.json] [--link-mbits 100,1000,10000] [--no-plots]
+        [--measured A.json,B.json] [--link-mbits 100,1000,10000] [--two-node-only] [--no-plots]
 
 1. The profile: ``--profile FILE`` (what ``dlrm-dist calibrate`` wrote), or with
    ``--calibrate`` it runs calibrate first (``OUT``'s folder / profile.yaml); with
@@ -113,7 +113,9 @@ def cluster_status() -> str:
     if not script.exists():
         return "down (no launchers/local_slurm.sh)"
     proc = subprocess.run([str(script), "status"], capture_output=True, text=True)
-    return (proc.stdout.strip().splitlines() or ["down"])[0]
+    first = (proc.stdout.strip().splitlines() or ["down"])[0]
+    # up: one line per daemon ("munged: running ...") and the nodes; down: "down (...)"
+    return first if proc.returncode != 0 or first.startswith("down") else "up"
 
 
 def two_node_cases(link_mbits: List[int]) -> Dict[str, Any]:
@@ -138,7 +140,9 @@ def two_node_cases(link_mbits: List[int]) -> Dict[str, Any]:
 def _slurm_case(mbit: int) -> Dict[str, Any]:
     """One 2x1 training job on the Slurm cluster (torchx), its summary as a measured case."""
     env_lines = subprocess.run([str(ROOT / "launchers/local_slurm.sh"), "env"], capture_output=True, text=True).stdout
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # this interpreter's bin/ first: torchx, torchrun and python of the same virtualenv
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     for line in env_lines.splitlines():
         if line.startswith("export ") and "=" in line:
             k, v = line[len("export "):].split("=", 1)
@@ -284,6 +288,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--singles", default=None, help="cases.json of an earlier --calibrate-each run: predict them again")
     p.add_argument("--link-mbits", default="100,1000,10000", help="link limits of the 2-node cases")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--two-node-only", action="store_true",
+                   help="only the 2-node Slurm cases (with --profile or --calibrate), none of the local sweeps")
     args = p.parse_args(argv)
     out = Path(args.json) if args.json else RESULTS / machine_name() / "predict_vs_measured.json"
     from dlrm_dist.hardware.profiles import load_profile
@@ -299,6 +305,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         subprocess.run([sys.executable, "-m", "dlrm_dist.cli", "calibrate", "--output", profile_path],
                        cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     profile = load_profile(profile_path)
+    if args.two_node_only:
+        return finish(args, out, load_start, profile, [], [], profile_path)
     # the sweeps' own JSONs stay beside the result, so --measured can re-predict them later
     measured = ([json.loads(Path(f).read_text()) for f in args.measured.split(",") if f]
                 or run_sweeps(out.parent / "predict_vs_measured_sweeps"))

@@ -34,7 +34,8 @@ def _peak_rss_of_exact_evaluation(batches: int, batch: int) -> int:
     proc = run_cmd([sys.executable, "-m", "tests.unit.eval_memory", "--mode", "exact", "--batch-size", str(batch),
                     "--batches", str(batches)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    return measured["eval_peak_rss_bytes"] or measured["peak_rss_bytes"]
 
 
 def test_exact_evaluation_estimate_matches_measured_memory():

@@ -84,7 +84,9 @@ def test_binned_evaluation_memory_is_that_of_the_exact_path():
         assert proc.returncode == 0, proc.stderr[-3000:]
         peaks[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert abs(peaks["binned"]["auc"] - peaks["exact"]["auc"]) < 1e-4
-    assert peaks["binned"]["peak_rss_bytes"] - peaks["exact"]["peak_rss_bytes"] < 300 * 10**6, peaks
+    # the evaluation's own high-water mark: an import that peaked higher must not hide it
+    peak = {mode: p["eval_peak_rss_bytes"] or p["peak_rss_bytes"] for mode, p in peaks.items()}
+    assert peak["binned"] - peak["exact"] < 300 * 10**6, peaks
 
 
 def test_throughput_counts_training_time_only():

@@ -285,6 +285,10 @@ def _remove_partials(tasks: List[DayTask]) -> None:
     for task in tasks:
         for kind in KINDS:
             task.partial(kind).unlink(missing_ok=True)
+        # and its marker's temporary file (core.files: .NAME.HOST-PID.partial), when a
+        # worker was killed while writing it
+        for tmp in task.marker.parent.glob(f".{task.marker.name}.*partial"):
+            tmp.unlink(missing_ok=True)
 
 
 def _prepare(tasks: List[DayTask], out: Path, verify: bool) -> Tuple[List[dict], List[DayTask]]:

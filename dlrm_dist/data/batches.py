@@ -186,7 +186,7 @@ class BatchSpec:
 def _view(packed: torch.Tensor, where: Tuple[torch.dtype, Tuple[int, ...], int]) -> torch.Tensor:
     """The tensor of dtype and shape stored at byte ``offset`` of ``packed``."""
     dtype, shape, offset = where
-    nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return packed[offset:offset + nbytes].view(dtype).view(shape)
 
 

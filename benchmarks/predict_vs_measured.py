@@ -16,7 +16,9 @@ samples/s per rank, case by case, from one calibrated profile and nothing else.
    cases of earlier throughput.py JSONs (``--measured``).
 3. The 2-node cases (2 hosts x 1 rank on the local Slurm cluster, one per link limit
    of ``--link-mbits``) run only when ``launchers/local_slurm.sh status`` says the
-   cluster is up; otherwise they are listed under ``skipped`` with that reason.
+   cluster is up; otherwise they are listed under ``skipped`` with that reason. At each
+   limit ``dlrm-dist calibrate`` runs across the two hosts first (torchx, 2x1), and the
+   case is predicted from that profile: the link as measured, not its nominal rate.
 4. The prediction: ``dlrm_dist.planner.performance`` on each case's config and the
    plan the trainer actually used (recorded by throughput.py), on the profile. No
    per-case fitting: the profile is the only input measured on this machine.
@@ -118,27 +120,35 @@ def cluster_status() -> str:
     return first if proc.returncode != 0 or first.startswith("down") else "up"
 
 
-def two_node_cases(link_mbits: List[int]) -> Dict[str, Any]:
+def two_node_cases(link_mbits: List[int], folder: Path) -> Dict[str, Any]:
     """2 hosts x 1 rank on the local Slurm cluster at each link limit: run when the cluster
-    is up (each limit restarts it with ``up --link-mbit N``), else listed as skipped."""
+    is up (each limit restarts it with ``up --link-mbit N``), else listed as skipped. At
+    each limit ``dlrm-dist calibrate`` first runs across the two hosts (torchx, 2x1), so
+    the case is predicted from the link as measured, as a user would calibrate a cluster,
+    not from the limit's nominal rate (TCP through tc's token bucket gets less)."""
     status = cluster_status()
     if not status.startswith("up"):
         return {"cases": [], "skipped": [{"name": f"2x1-slurm-{m}mbit", "reason": f"local Slurm cluster: {status}; "
                                           "start it with launchers/local_slurm.sh up --link-mbit N"}
                                          for m in link_mbits]}
     cases, skipped = [], []
+    folder.mkdir(parents=True, exist_ok=True)
     for mbit in link_mbits:
         up = subprocess.run([str(ROOT / "launchers/local_slurm.sh"), "up", "--link-mbit", str(mbit)],
                             capture_output=True, text=True)
         if up.returncode != 0:
             skipped.append({"name": f"2x1-slurm-{mbit}mbit", "reason": f"up --link-mbit failed: {up.stderr[-300:]}"})
             continue
-        cases.append(_slurm_case(mbit))
+        profile = folder / f"profile-2x1-{mbit}mbit.yaml"
+        _torchx_slurm(["-m", "dlrm_dist.hardware.calibrate", "--", "--output", str(profile)])
+        cases.append({**_slurm_case(mbit), "profile": str(profile)})
+        print(f"[2x1-slurm-{mbit}mbit] {cases[-1]['samples_per_s_per_rank']['median']:.0f} samples/s per rank",
+              flush=True)
     return {"cases": cases, "skipped": skipped}
 
 
-def _slurm_case(mbit: int) -> Dict[str, Any]:
-    """One 2x1 training job on the Slurm cluster (torchx), its summary as a measured case."""
+def _torchx_slurm(args: List[str], cwd: Optional[str] = None) -> None:
+    """``torchx run -s slurm dist.ddp -j 2x1 ARGS`` on the local cluster, waiting for it."""
     env_lines = subprocess.run([str(ROOT / "launchers/local_slurm.sh"), "env"], capture_output=True, text=True).stdout
     # this interpreter's bin/ first: torchx, torchrun and python of the same virtualenv
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
@@ -148,12 +158,18 @@ def _slurm_case(mbit: int) -> Dict[str, Any]:
             k, v = line[len("export "):].split("=", 1)
             env[k] = v.strip("'\"")
     with tempfile.TemporaryDirectory(prefix="pvm-slurm-") as work:
+        subprocess.run(["torchx", "run", "--wait", "-s", "slurm", "dist.ddp", "-j", "2x1", *args],
+                       cwd=cwd or work, env=env, check=True, capture_output=True)
+
+
+def _slurm_case(mbit: int) -> Dict[str, Any]:
+    """One 2x1 training job on the Slurm cluster (torchx), its summary as a measured case."""
+    with tempfile.TemporaryDirectory(prefix="pvm-slurm-") as work:
         run_dir = Path(work) / "run"
         overrides = ["train.batch_size=2048", "train.max_steps=30", "data.train_samples=122880",
                      "metrics.progress_bar=false", "train.eval_every=0"]
-        subprocess.run(["torchx", "run", "--wait", "-s", "slurm", "dist.ddp", "-j", "2x1", "-m", "dlrm_dist.train",
-                        "--", "--config", str(CONFIG), "--run-dir", str(run_dir), *overrides],
-                       cwd=work, env=env, check=True, capture_output=True)
+        _torchx_slurm(["-m", "dlrm_dist.train", "--", "--config", str(CONFIG), "--run-dir", str(run_dir), *overrides],
+                      cwd=work)
         s = json.loads((run_dir / "summary.json").read_text())
         plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else None
     return {"name": f"2x1-slurm-{mbit}mbit", "nproc": 2, "nodes": 2, "link_mbit": mbit, "batch_size": 2048,
@@ -187,7 +203,8 @@ def predict(case: Dict[str, Any], overrides: List[str], profile) -> Dict[str, An
         run = cap.run_planner(cfg, model, topo.world_size, topo.local_world_size, "cpu", 0, 8 * GiB)
         tables = pf.layout_from_options(cfg, run.options)
     prof = profile
-    if case.get("link_mbit"):  # the cluster's configured limit is the link between the two hosts
+    if case.get("link_mbit") and not prof.inter_host_gb_per_s:
+        # no link measured across the hosts: the limit's nominal rate
         prof = dataclasses.replace(profile, inter_host_gb_per_s=case["link_mbit"] / 8 / 1000)
     dense = dense_parameter_count(build_model(cfg.model, torch.device("cpu"), "meta"))
     perf = pf.performance(cfg, tables, topo, dense, prof, "fp32", "criteo_kaggle")
@@ -316,7 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def finish(args: argparse.Namespace, out: Path, load_start: List[float], profile, measured: List[Dict[str, Any]],  # noqa: ANN001
            singles: List[Dict[str, Any]], profile_note: str) -> int:
     """Add the 2-node cases, predict every case, write the JSON and the plot, print the table."""
-    cluster = two_node_cases([int(x) for x in args.link_mbits.split(",") if x])
+    cluster = two_node_cases([int(x) for x in args.link_mbits.split(",") if x], out.parent / "predict_vs_measured_profiles")
     rows = compare(measured, singles + cluster["cases"], profile)
     result = {"machine": machine_name(), **environment(), "load_average_at_start": load_start,
               "load_average_at_end": list(os.getloadavg()), "profile": profile_note,

@@ -15,7 +15,8 @@ gives them):
   batch 2048 (FLOPs counted by ``FlopCounterMode``), fp32 (and bf16 on a GPU); by a
   GEMM's smallest weight-side dimension (Linear(512, d)); and of batched per-sample
   products like the dot interaction's (bmm);
-* the copy bandwidth (bytes read + written per second);
+* the copy bandwidth (bytes read + written per second), and the elementwise rate of
+  an activation's ReLU forward + backward into fresh tensors;
 * FBGEMM's fused embedding kernel (lookup, backward, exact Adagrad update) on 8
   tables of 250k x 32 at batch 16 (nearly all fixed cost) and 4096 (nearly all
   bytes): the fixed cost per call and the bandwidth by the step-time model's own
@@ -23,6 +24,8 @@ gives them):
 * all-to-all and all-reduce between the ranks: latency (4 KiB) and bandwidth
   (8 MiB per rank), within a host; under torchrun across hosts, also between
   ranks of different hosts (``inter_host_gb_per_s``; None when run on one host).
+* the framework's cost per step: a minimal DLRM trained as training trains it, as
+  one rank alone and as the ranks together, less the model's terms for it.
 
 Quick by default (``--seconds 0.3`` per figure: about a minute on 2 cores). The
 profile records the load average, time and versions; measure on a quiet machine.
@@ -38,7 +41,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 import torch
@@ -46,8 +49,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dlrm_dist.core.units import GiB
-from dlrm_dist.hardware.measure import (BMM_DIMS, EMB_BATCHES, EMB_DIM, EMB_ROWS, EMB_TABLES, GEMM_DIMS, TINY_BATCH,
-                                        framework_step, host_link_gb_per_s, link, process_figures)
+from dlrm_dist.hardware.measure import (BMM_DIMS, EMB_BATCHES, EMB_DIM, EMB_ROWS, EMB_TABLES, GEMM_DIMS, TINY_BATCHES,
+                                        framework_step, host_link_gb_per_s, link, lockstep,
+                                        minimal_config, process_figures)
 from dlrm_dist.hardware.profiles import HardwareProfile, write_profile
 
 
@@ -70,15 +74,15 @@ def rank_figures(world: int, local: int, device: torch.device, seconds: float) -
     machine shared as in training, then the links. Rank 0 returns the result."""
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    dist.barrier()
-    mine = process_figures(device, seconds)
+    with lockstep(dist.barrier):
+        mine = process_figures(device, seconds)
     figs: List[Dict[str, Any]] = [{} for _ in range(world)]
     dist.all_gather_object(figs, mine)
     intra, inter = _groups(world, local)
     links = {"intra_host": link(intra, device, seconds) if local > 1 else None,
              "inter_host": link(inter, device, seconds) if world > local else None}
-    tiny = framework_step(world, local, device)
-    worst = torch.tensor([tiny["seconds"]], dtype=torch.float64, device=device)
+    tiny = {b: framework_step(world, local, device, b) for b in TINY_BATCHES}
+    worst = torch.tensor([tiny[b]["seconds"] for b in TINY_BATCHES], dtype=torch.float64, device=device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     if dist.get_rank() != 0:
         return None
@@ -86,10 +90,12 @@ def rank_figures(world: int, local: int, device: torch.device, seconds: float) -
         "peak_tflops": {k: statistics.median(f["peak_tflops"][k] for f in figs) for k in mine["peak_tflops"]},
         **{key: {d: statistics.median(f[key][d] for f in figs) for d in mine[key]}
            for key in ("gemm_tflops_by_min_dim", "bmm_tflops_by_min_dim")},
-        **{k: statistics.median(f[k] for f in figs) for k in ("hbm_gb_per_s", "embedding_gb_per_s", "embedding_fixed_ms")},
+        **{k: statistics.median(f[k] for f in figs)
+           for k in ("hbm_gb_per_s", "elementwise_gb_per_s", "embedding_gb_per_s", "embedding_fixed_ms")},
     }
     return {"per_rank": per_rank, "links": links, "threads": torch.get_num_threads(),
-            "tiny_step_s": float(worst), "tiny_plan": tiny["plan"]}
+            "tiny_step_s": {str(b): float(w) for b, w in zip(TINY_BATCHES, worst)},
+            "tiny_plan": {str(b): tiny[b]["plan"] for b in TINY_BATCHES}}
 
 
 def _spawned(rank: int, world: int, local: int, port: int, seconds: float, out: str) -> None:
@@ -108,6 +114,20 @@ def _spawned(rank: int, world: int, local: int, port: int, seconds: float, out: 
     if result is not None:
         Path(out).write_text(json.dumps(result))
     dist.barrier()
+    dist.destroy_process_group()
+
+
+def _spawned_alone(rank: int, port: int, out: str) -> None:
+    """The minimal DLRM's step as one rank alone (a process group of one): the framework's
+    cost per step without a peer, for the one-process figures."""
+    import json
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    tiny = {b: framework_step(1, 1, device, b) for b in TINY_BATCHES}
+    Path(out).write_text(json.dumps({"tiny_step_s": {str(b): tiny[b]["seconds"] for b in TINY_BATCHES},
+                                     "tiny_plan": {str(b): tiny[b]["plan"] for b in TINY_BATCHES}}))
     dist.destroy_process_group()
 
 
@@ -132,28 +152,40 @@ def _versions() -> Dict[str, str]:
 SOURCE = "measured by dlrm-dist calibrate on this machine"
 
 
-def with_step_overhead(prof: HardwareProfile, ranks: Dict[str, Any], world: int, local: int) -> HardwareProfile:
-    """``step_overhead_ms``: the minimal DLRM's measured step minus what the step-time
-    model predicts for it from every other figure of this profile (collective latencies,
-    the embedding kernel's fixed cost ...), so nothing is counted twice. Measured with
-    ``local`` ranks; applied to the one-process figures too (not measured alone)."""
-    import dataclasses
-
-    from dlrm_dist.config import Config, ModelConfig
+def _framework_cost(prof: HardwareProfile, tiny: Dict[str, Any], world: int, local: int) -> Tuple[float, float]:
+    """(ms per step, us per sample): the minimal DLRM's measured step at each of
+    ``TINY_BATCHES`` less what the step-time model predicts for it from every other figure
+    of ``prof`` (collective latencies and bytes, the embedding kernel, the GEMMs), so
+    nothing is counted twice; the line through the two residuals (clamped at 0)."""
+    from dlrm_dist.model import build_model, dense_parameter_count
     from dlrm_dist.planner import performance as pf
     from dlrm_dist.planner.traffic import Topo
 
-    cfg = Config(model=ModelConfig(embedding_dim=8, num_embeddings=64, bottom_mlp=[8], top_mlp=[8, 1]))
-    cfg.train.batch_size = TINY_BATCH
-    topo = Topo(world, local)
-    tables = pf.layout_from_table(cfg, ranks["tiny_plan"])
-    from dlrm_dist.model import build_model, dense_parameter_count
+    residual = {}
+    for b in TINY_BATCHES:
+        cfg = minimal_config(b)
+        tables = pf.layout_from_table(cfg, tiny["tiny_plan"][str(b)])
+        dense = dense_parameter_count(build_model(cfg.model, torch.device("cpu"), "meta"))
+        model_ms = pf.performance(cfg, tables, Topo(world, local), dense, prof, "fp32", "criteo_kaggle").step_ms
+        residual[b] = tiny["tiny_step_s"][str(b)] * 1000 - model_ms
+    (b0, r0), (b1, r1) = sorted(residual.items())
+    per_sample_ms = max(0.0, (r1 - r0) / (b1 - b0))
+    return max(0.0, r0 - per_sample_ms * b0), per_sample_ms * 1000
 
-    dense = dense_parameter_count(build_model(cfg.model, torch.device("cpu"), "meta"))
-    model_ms = pf.performance(cfg, tables, topo, dense, prof, "fp32", "criteo_kaggle").step_ms
-    overhead = max(0.0, ranks["tiny_step_s"] * 1000 - model_ms)
-    by_local = {k: {**v, "step_overhead_ms": overhead} for k, v in prof.by_local_ranks.items()}
-    return dataclasses.replace(prof, step_overhead_ms=overhead, by_local_ranks=by_local)
+
+def with_step_overhead(prof: HardwareProfile, ranks: Dict[str, Any], world: int, local: int,
+                       alone: Optional[Dict[str, Any]] = None) -> HardwareProfile:
+    """``step_overhead_ms`` and ``step_overhead_us_per_sample`` (:func:`_framework_cost`):
+    with ``local`` ranks for the per-rank figures, and for the one-process figures from
+    the minimal DLRM as one rank alone (``alone``; without it, the ranks' figures)."""
+    import dataclasses
+
+    fixed, per_sample = _framework_cost(prof, ranks, world, local)
+    by_local = {k: {**v, "step_overhead_ms": fixed, "step_overhead_us_per_sample": per_sample}
+                for k, v in prof.by_local_ranks.items()}
+    top = _framework_cost(prof, alone, 1, 1) if alone else (fixed, per_sample)
+    return dataclasses.replace(prof, step_overhead_ms=top[0], step_overhead_us_per_sample=top[1],
+                               by_local_ranks=by_local)
 
 
 def build_profile(name: str, device: torch.device, single: Optional[Dict[str, Any]], ranks: Dict[str, Any],
@@ -170,6 +202,7 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
         hbm_gb=torch.cuda.get_device_properties(device).total_memory / GiB if cuda else 0.0,
         host_ram_gb=psutil.virtual_memory().total / GiB,
         peak_tflops=dict(top["peak_tflops"]), hbm_gb_per_s=top["hbm_gb_per_s"],
+        elementwise_gb_per_s=top["elementwise_gb_per_s"],
         gemm_tflops_by_min_dim={int(d): r for d, r in top["gemm_tflops_by_min_dim"].items()},
         bmm_tflops_by_min_dim={int(d): r for d, r in top["bmm_tflops_by_min_dim"].items()},
         host_link_gb_per_s=measured["host_link_gb_per_s"],
@@ -188,6 +221,8 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
             "gemm_tflops_by_min_dim": f"{SOURCE}: forward + backward of Linear(512, d) at batch 2048, d in {GEMM_DIMS}",
             "bmm_tflops_by_min_dim": f"{SOURCE}: forward + backward of 2048 x (32 x d) @ (d x 32), d in {BMM_DIMS}",
             "hbm_gb_per_s": f"{SOURCE}: copy bandwidth (read + write) of 64 MiB (1 GiB on a GPU)",
+            "elementwise_gb_per_s": f"{SOURCE}: ReLU forward + backward of a 2048 x 512 activation into fresh "
+                                    "tensors, 3 passes of its bytes",
             "embedding_gb_per_s": f"{SOURCE}: FBGEMM fused lookup + exact Adagrad update, "
                                   f"{EMB_TABLES} tables x {EMB_ROWS} x {EMB_DIM}, batch {EMB_BATCHES}",
             "intra_host_gb_per_s": f"{SOURCE}: all_to_all_single of 8 MiB per rank between the local ranks",
@@ -195,9 +230,11 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
                                    else "not measured: run calibrate under torchrun across hosts",
             "latency_us": f"{SOURCE}: all_to_all_single of 4 KiB",
             "input_samples_per_s_per_rank": "not measured by calibrate: benchmarks/loader.py measures it",
-            "step_overhead_ms": f"{SOURCE}: a training step of a minimal DLRM (26 tables x 64 rows x dim 8, "
-                                f"8-wide MLPs, batch {TINY_BATCH} per rank, TorchRec's DMP and TrainPipelineSparseDist), "
-                                "minus the model's prediction for it",
+            "step_overhead_ms": f"{SOURCE}: a training step of a minimal DLRM (26 tables x 100k rows x dim 8, "
+                                f"8-wide MLPs, batch {TINY_BATCHES} per rank, TorchRec's DMP and "
+                                "TrainPipelineSparseDist), minus the model's prediction for it: the fixed part; one "
+                                "rank alone on top, the local ranks together under by_local_ranks",
+            "step_overhead_us_per_sample": f"{SOURCE}: as step_overhead_ms, the part that grows with the batch",
             "efficiency": "1.0: every rate above is measured, not a datasheet peak",
         },
         measured=measured,
@@ -220,12 +257,15 @@ def calibrate(name: str, ranks: int, seconds: float, hosts: int = 1) -> Hardware
         out = str(Path(tmp) / "ranks.json")
         mp.spawn(_spawned, args=(ranks, ranks // hosts, _free_port(), seconds, out), nprocs=ranks, join=True)
         per_ranks = json.loads(Path(out).read_text())
+        mp.spawn(_spawned_alone, args=(_free_port(), out), nprocs=1, join=True)
+        alone = json.loads(Path(out).read_text())
     measured = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
                 "seconds": round(time.perf_counter() - start, 1), "versions": _versions(),
-                "host_link_gb_per_s": link_bw, "one_process": single, "ranks": per_ranks, "local_ranks": ranks}
+                "host_link_gb_per_s": link_bw, "one_process": {**single, "tiny_step_s": alone["tiny_step_s"]},
+                "ranks": per_ranks, "local_ranks": ranks}
     prof = build_profile(name, device, single, per_ranks, ranks // hosts, measured)
-    return with_step_overhead(prof, per_ranks, ranks, ranks // hosts)
+    return with_step_overhead(prof, per_ranks, ranks, ranks // hosts, alone)
 
 
 def calibrate_under_torchrun(name: str, seconds: float) -> Optional[HardwareProfile]:

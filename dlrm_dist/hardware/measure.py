@@ -10,9 +10,10 @@ timers; ``benchmarks/comm.py``: windows of collective calls, the slowest rank's 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 import torch.distributed as dist
@@ -26,15 +27,37 @@ EMB_BATCHES = (16, 4096)
 A2A_SMALL, A2A_LARGE = 4 * KiB, 8 * MiB
 
 
+_LOCKSTEP: List[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def lockstep(barrier: Callable[[], None]) -> Iterator[None]:
+    """Inside it, every timing starts with ``barrier()``: ranks measuring together time the
+    same work at the same moment, as training's ranks run it. Without it a rank timed a
+    GEMM while its neighbour was between figures (or idle at the end), and the best of
+    its repeats was the one with the cores to itself: per-rank rates 1.3x too high."""
+    _LOCKSTEP.append(barrier)
+    try:
+        yield
+    finally:
+        _LOCKSTEP.pop()
+
+
 def _time(fn, seconds: float) -> float:  # noqa: ANN001
     """Seconds per call: the best of 3 medians (torch.utils.benchmark: syncs CUDA, honours
     the thread count). The best, not the mean: on a machine others share, a slow
-    repeat measures them, not this machine."""
+    repeat measures them, not this machine. Under :func:`lockstep`, each repeat starts
+    at a barrier."""
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: allocations, kernel selection
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return min(timer.blocked_autorange(min_run_time=seconds / 3).median for _ in range(3))
+    times = []
+    for _ in range(3):
+        for barrier in _LOCKSTEP:
+            barrier()
+        times.append(timer.blocked_autorange(min_run_time=seconds / 3).median)
+    return min(times)
 
 
 def gemm_tflops(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
@@ -44,8 +67,10 @@ def gemm_tflops(device: torch.device, dtype: torch.dtype, seconds: float) -> flo
     layers = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(3)]).to(device, dtype)
     x = torch.randn(2048, 512, device=device, dtype=dtype, requires_grad=True)
 
+    grad = torch.randn(2048, 512, device=device, dtype=dtype)
+
     def step() -> None:
-        layers(x).sum().backward()
+        layers(x).backward(grad)
 
     counter = FlopCounterMode(display=False)
     with counter:
@@ -60,16 +85,19 @@ def gemm_tflops_by_min_dim(device: torch.device, seconds: float) -> Dict[int, fl
     """fp32 rate of forward + backward of Linear(512, d) at batch 2048 for d in GEMM_DIMS:
     each of its three GEMMs has d as its smallest weight-side dimension, the quantity
     the step-time model looks the rate up by (an MLP's 13-wide input or 1-wide output
-    layer runs at a small fraction of a 512-wide one's rate on a CPU)."""
+    layer runs at a small fraction of a 512-wide one's rate on a CPU). The backward gets
+    a dense gradient, as in training (``.sum().backward()`` would hand it a stride-0
+    expanded one, which some kernels take a slow path for)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     out = {}
     for d in GEMM_DIMS:
         layer = torch.nn.Linear(512, d, bias=False).to(device)
         x = torch.randn(2048, 512, device=device, requires_grad=True)
+        grad = torch.randn(2048, d, device=device)
 
         def step() -> None:
-            layer(x).sum().backward()
+            layer(x).backward(grad)
 
         counter = FlopCounterMode(display=False)
         with counter:
@@ -84,15 +112,18 @@ BMM_DIMS = (8, 16, 64, 128)
 def bmm_tflops_by_min_dim(device: torch.device, seconds: float) -> Dict[int, float]:
     """fp32 rate of forward + backward of 2048 per-sample products (32 x d) @ (d x 32),
     d in BMM_DIMS: the dot interaction's shape ((F+1) x D against its transpose), a batch
-    of tiny matrices that runs at a small fraction of an MLP layer's rate on a CPU."""
+    of tiny matrices that runs at a small fraction of an MLP layer's rate on a CPU. A
+    dense gradient, as in training: with ``.sum().backward()``'s stride-0 one the CPU's
+    bmm backward ran 2-10x slower, and the model charged the interaction for it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     out = {}
     for d in BMM_DIMS:
         x = torch.randn(2048, 32, d, device=device, requires_grad=True)
+        grad = torch.randn(2048, 32, 32, device=device)
 
         def step() -> None:
-            torch.bmm(x, x.transpose(1, 2)).sum().backward()
+            torch.bmm(x, x.transpose(1, 2)).backward(grad)
 
         counter = FlopCounterMode(display=False)
         with counter:
@@ -107,6 +138,22 @@ def copy_gb_per_s(device: torch.device, seconds: float) -> float:
     src = torch.empty(nbytes // 4, device=device).uniform_()
     dst = torch.empty_like(src)
     return 2.0 * nbytes / _time(lambda: dst.copy_(src), seconds) / 1e9
+
+
+def elementwise_gb_per_s(device: torch.device, seconds: float) -> float:
+    """An activation's elementwise traffic as the dense step makes it: forward + backward
+    of a ReLU on a 2048 x 512 fp32 activation, each op writing a freshly allocated
+    tensor (on a CPU the allocator hands back pages the kernel must fault in again,
+    which a copy into a preallocated tensor never sees). Bytes by the step-time model's
+    count: the activation written in the forward, read in the backward, and its
+    gradient written (3 passes)."""
+    x = torch.randn(2048, 512, device=device, requires_grad=True)
+    grad = torch.randn(2048, 512, device=device)
+
+    def step() -> None:
+        torch.relu(x).backward(grad)
+
+    return 3 * x.numel() * 4 / _time(step, seconds) / 1e9
 
 
 def embedding_kernel(device: torch.device, seconds: float) -> Dict[str, float]:
@@ -209,37 +256,43 @@ def process_figures(device: torch.device, seconds: float) -> Dict[str, Any]:
         tflops["bf16"] = gemm_tflops(device, torch.bfloat16, seconds)
     return {"peak_tflops": tflops, "gemm_tflops_by_min_dim": gemm_tflops_by_min_dim(device, seconds),
             "bmm_tflops_by_min_dim": bmm_tflops_by_min_dim(device, seconds),
-            "hbm_gb_per_s": copy_gb_per_s(device, seconds), **embedding_kernel(device, seconds)}
+            "hbm_gb_per_s": copy_gb_per_s(device, seconds), "elementwise_gb_per_s": elementwise_gb_per_s(device, seconds),
+            **embedding_kernel(device, seconds)}
 
 
-TINY_BATCH, TINY_STEPS = 64, 20
+TINY_BATCHES, TINY_STEPS, TINY_ROWS = (64, 2048), 20, 100_000
+"""The minimal DLRM's batches per rank (nearly all fixed cost; a training-sized one) and
+its rows per table: big enough that lookups miss the caches as real tables do, so the
+model's embedding term (timed at the kernel's measured DRAM rate) fits it; with tables
+that sit in cache the model over-counted the lookups and hid the per-sample cost."""
 
 
-def framework_step(world: int, local: int, device: torch.device) -> Dict[str, Any]:
-    """Seconds per step of a minimal DLRM (26 tables of 64 rows x dim 8, 8-wide MLPs,
-    batch 64 per rank) trained as training trains it (TorchRec's planner, DMP, fused
-    optimizer, TrainPipelineSparseDist): next to no FLOPs or bytes, so the step is the
-    framework's fixed cost per step (KJT handling, the pipeline, DDP, Python), which
-    the caller turns into ``step_overhead_ms`` by subtracting the model's own terms."""
+def framework_step(world: int, local: int, device: torch.device, batch: int) -> Dict[str, Any]:
+    """Seconds per step of a minimal DLRM (26 tables of 100k rows x dim 8, 8-wide MLPs)
+    at ``batch`` per rank, trained as training trains it (TorchRec's planner, DMP, fused
+    optimizer, TrainPipelineSparseDist): next to no FLOPs, so beyond the model's own terms
+    the step is the framework's cost (KJT handling, the interaction's gathers, the
+    pipeline, DDP, Python, ranks waiting for each other), which the caller turns into
+    ``step_overhead_ms`` and ``step_overhead_us_per_sample`` by subtracting the model's
+    terms at two batches."""
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-    from dlrm_dist.config import Config, ModelConfig
     from dlrm_dist.data.random_source import RandomSplit
     from dlrm_dist.model import build_model
     from dlrm_dist.training.distributed import DistEnv
     from dlrm_dist.training.optim import apply_embedding_optimizer, build_optimizer
     from dlrm_dist.training.sharding import build_plan, shard_model
 
-    cfg = Config(model=ModelConfig(embedding_dim=8, num_embeddings=64, bottom_mlp=[8], top_mlp=[8, 1]))
+    cfg = minimal_config(batch)
     rank = dist.get_rank()
     env = DistEnv(rank, world, rank % local, local, device, dist.get_backend())
     model = build_model(cfg.model, device)
     apply_embedding_optimizer(model, cfg.optim.embedding)
-    plan = build_plan(model, cfg.sharding, env, TINY_BATCH)
+    plan = build_plan(model, cfg.sharding, env, batch)
     dmp = shard_model(model, plan, env)
     pipe = TrainPipelineSparseDist(dmp, build_optimizer(dmp, cfg.optim.dense, cfg.optim.embedding), device,
                                    execute_all_batches=True)
-    batches = iter(RandomSplit(TINY_BATCH, TINY_STEPS + 10, cfg.model.table_sizes(), None, seed=0))
+    batches = iter(RandomSplit(batch, TINY_STEPS + 10, cfg.model.table_sizes(), None, seed=0))
     for _ in range(5):
         pipe.progress(batches)
     dist.barrier()
@@ -249,4 +302,13 @@ def framework_step(world: int, local: int, device: torch.device) -> Dict[str, An
     seconds = (time.perf_counter() - start) / TINY_STEPS
     table = {name: {"sharding_type": ps.sharding_type, "compute_kernel": ps.compute_kernel, "ranks": ps.ranks}
              for module_plan in plan.plan.values() for name, ps in module_plan.items()}  # type: ignore[union-attr]
-    return {"seconds": seconds, "plan": table, "config": cfg}
+    return {"seconds": seconds, "plan": table}
+
+
+def minimal_config(batch: int):  # noqa: ANN201 - Config
+    """The minimal DLRM of :func:`framework_step` at ``batch`` per rank."""
+    from dlrm_dist.config import Config, ModelConfig
+
+    cfg = Config(model=ModelConfig(embedding_dim=8, num_embeddings=TINY_ROWS, bottom_mlp=[8], top_mlp=[8, 1]))
+    cfg.train.batch_size = batch
+    return cfg

@@ -56,6 +56,9 @@ class HardwareProfile:
     """Host input pipeline per rank (one_hot, multi_hot) for data.source=criteo."""
     step_overhead_ms: float = 0.0
     """Fixed host cost per training step (framework, not bytes or FLOPs)."""
+    step_overhead_us_per_sample: float = 0.0
+    """The framework's host cost that grows with the batch (KJT handling, the
+    interaction's gathers, ranks waiting for each other), per sample per rank."""
     embedding_fixed_ms: float = 0.0
     """Fixed cost per fused embedding kernel call (forward + backward)."""
     gemm_tflops_by_min_dim: Dict[int, float] = field(default_factory=dict)
@@ -63,6 +66,9 @@ class HardwareProfile:
     profiles; thin GEMMs run far below square ones on a CPU); empty: the flat rate."""
     bmm_tflops_by_min_dim: Dict[int, float] = field(default_factory=dict)
     """The same for batched per-sample products (the dot interaction's bmm); empty: as above."""
+    elementwise_gb_per_s: Optional[float] = None
+    """Activations' elementwise traffic (ReLU forward + backward into fresh tensors) by
+    the model's byte count; None: the memory bandwidth x the memory efficiency."""
     embedding_gb_per_s: Optional[float] = None
     """The fused embedding kernel's measured bandwidth (by the model's byte count);
     None: the memory bandwidth x the memory efficiency (datasheet profiles)."""
@@ -98,7 +104,8 @@ class HardwareProfile:
                                                                prof.gemm_tflops_by_min_dim.items()},
                                        bmm_tflops_by_min_dim={d: r * share for d, r in
                                                               prof.bmm_tflops_by_min_dim.items()},
-                                       hbm_gb_per_s=prof.hbm_gb_per_s * share)
+                                       hbm_gb_per_s=prof.hbm_gb_per_s * share,
+                                       elementwise_gb_per_s=prof.elementwise_gb_per_s and prof.elementwise_gb_per_s * share)
         return prof
 
     def to_dict(self) -> Dict[str, Any]:

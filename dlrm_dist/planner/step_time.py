@@ -19,7 +19,9 @@ for it):
 * ``all_reduce``: DDP's ring all-reduce of the dense gradients (and of any
   data_parallel table): 2 (W-1)/W x bytes per rank at the slowest link it crosses.
 * ``host_input``: the batch built on the host, at the profile's measured rate.
-* ``step_overhead``: the profile's fixed host cost per step.
+* ``step_overhead``: the profile's host cost per step of the framework (KJT handling,
+  Python, the pipeline, ranks waiting for each other): a fixed part and a part per
+  sample, which ``dlrm-dist calibrate`` measures on a minimal DLRM.
 
 How they overlap (:func:`combine`) depends on the device and ``train.pipeline``.
 """
@@ -197,19 +199,21 @@ def rate_at(by_dim: Dict[int, float], d: int) -> float:
 
 def dense_seconds(inp: StepInputs, profile: HardwareProfile, dtype: str) -> Dict[str, float]:
     """GEMM time (:func:`gemm_seconds`, split forward / backward by FLOPs), plus
-    elementwise traffic at memory speed: the saved activations are written in the
-    forward and read in the backward, which writes gradients as large (3 passes); the
-    dense optimizer reads parameter and gradient and writes the parameter, and reads
-    and writes its state."""
+    elementwise traffic: the saved activations are written in the forward and read in
+    the backward, which writes gradients as large (3 passes), at the profile's measured
+    elementwise rate (ops writing fresh tensors) when it has one, else at memory speed;
+    the dense optimizer reads parameter and gradient and writes the parameter, and
+    reads and writes its state, in place: at memory speed."""
     gemm = gemm_seconds(inp, profile, dtype)
     total = inp.flops_fwd_per_sample + inp.flops_bwd_per_sample
     fwd_share = inp.flops_fwd_per_sample / total if total else 0.0
     mem = profile.hbm_gb_per_s * GB * profile.efficiency.get("memory", 1.0)
+    elementwise = profile.elementwise_gb_per_s * GB if profile.elementwise_gb_per_s else mem
     act = inp.activation_bytes
     opt_bytes = inp.dense_params * FP32 * (3 + 2 * inp.dense_optimizer_state)
     return {
-        "fwd": gemm * fwd_share + act / mem,
-        "bwd": gemm * (1 - fwd_share) + 2 * act / mem,
+        "fwd": gemm * fwd_share + act / elementwise,
+        "bwd": gemm * (1 - fwd_share) + 2 * act / elementwise,
         "optimizer": opt_bytes / mem,
     }
 
@@ -238,7 +242,7 @@ def step_terms(inp: StepInputs, profile: HardwareProfile, dtype: str) -> Tuple[D
         "pooled_all_to_all_bwd": 1000 * t_bwd,
         "all_reduce": 1000 * t_ar,
         "host_input": 1000 * host,
-        "step_overhead": profile.step_overhead_ms,
+        "step_overhead": profile.step_overhead_ms + inp.batch * profile.step_overhead_us_per_sample / 1000,
     }
 
     def busiest(ranks: Sequence[LinkBytes], attr: str) -> float:

@@ -24,7 +24,10 @@ def test_calibrate_writes_a_profile_the_plan_reads(tmp_path: Path, capsys: pytes
     assert "not measured" in prof.sources["inter_host_gb_per_s"]
     assert 2 in prof.by_local_ranks and prof.measured["load_average_before"]
     # the minimal DLRM's step, less the model's own terms for it: the framework's cost per step
-    assert prof.measured["ranks"]["tiny_step_s"] * 1000 >= prof.step_overhead_ms >= 0
+    tiny = prof.measured["ranks"]["tiny_step_s"]
+    assert min(tiny.values()) * 1000 >= prof.by_local_ranks[2]["step_overhead_ms"] >= 0
+    assert prof.by_local_ranks[2]["step_overhead_us_per_sample"] >= 0
+    assert prof.measured["one_process"]["tiny_step_s"] and prof.step_overhead_ms >= 0  # one rank alone, too
     assert "minimal DLRM" in prof.sources["step_overhead_ms"]
     capsys.readouterr()
     cfg = tmp_path / "tiny.yaml"

@@ -44,3 +44,25 @@ def test_model_package_never_imports_torch_distributed():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not any(n.startswith("torch.distributed") or n.startswith("torchrec.distributed") for n in names), path
+
+
+def test_dot_interaction_equals_torchrec_forward_and_backward():
+    """The flat gather gives TorchRec's InteractionArch's values, in its order, and the
+    same gradients: only the kernels differ."""
+    from torchrec.models.dlrm import InteractionArch
+
+    from dlrm_dist.model.dlrm import FlatGatherInteraction
+
+    dense = torch.randn(8, 4, requires_grad=True)
+    sparse = torch.randn(8, 26, 4, requires_grad=True)
+    ours, theirs = FlatGatherInteraction(26), InteractionArch(26)
+    out = ours(dense, sparse)
+    ref = theirs(dense, sparse)
+    assert out.shape == (8, 4 + 27 * 26 // 2) and torch.equal(out, ref)
+    grad = torch.randn_like(out)
+    g_ours = torch.autograd.grad(out, (dense, sparse), grad)
+    g_ref = torch.autograd.grad(ref, (dense, sparse), grad)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_ours, g_ref))
+    cfg = load_config(ROOT / "configs/smoke.yaml")
+    assert isinstance(build_model(cfg.model, torch.device("cpu")).model.inter_arch, FlatGatherInteraction)
+    assert not build_model(cfg.model, torch.device("cpu")).model.inter_arch.state_dict()  # checkpoints unchanged

@@ -15,8 +15,9 @@ gives them):
   batch 2048 (FLOPs counted by ``FlopCounterMode``), fp32 (and bf16 on a GPU); by a
   GEMM's smallest weight-side dimension (Linear(512, d)); and of batched per-sample
   products like the dot interaction's (bmm);
-* the copy bandwidth (bytes read + written per second), and the elementwise rate of
-  an activation's ReLU forward + backward into fresh tensors;
+* the copy bandwidth (bytes read + written per second), and the rate of the dense
+  step's work beside its matmuls (a reference DLRM's dense step less its matmuls, per
+  3 passes of its activations);
 * FBGEMM's fused embedding kernel (lookup, backward, exact Adagrad update) on 8
   tables of 250k x 32 at batch 16 (nearly all fixed cost) and 4096 (nearly all
   bytes): the fixed cost per call and the bandwidth by the step-time model's own
@@ -51,7 +52,7 @@ import torch.multiprocessing as mp
 from dlrm_dist.core.units import GiB
 from dlrm_dist.hardware.measure import (BMM_DIMS, EMB_BATCHES, EMB_DIM, EMB_ROWS, EMB_TABLES, GEMM_DIMS, TINY_BATCHES,
                                         framework_step, host_link_gb_per_s, link, lockstep,
-                                        minimal_config, process_figures)
+                                        minimal_config, process_figures, REFERENCE_BOTTOM, REFERENCE_TOP)
 from dlrm_dist.hardware.profiles import HardwareProfile, write_profile
 
 
@@ -221,8 +222,9 @@ def build_profile(name: str, device: torch.device, single: Optional[Dict[str, An
             "gemm_tflops_by_min_dim": f"{SOURCE}: forward + backward of Linear(512, d) at batch 2048, d in {GEMM_DIMS}",
             "bmm_tflops_by_min_dim": f"{SOURCE}: forward + backward of 2048 x (32 x d) @ (d x 32), d in {BMM_DIMS}",
             "hbm_gb_per_s": f"{SOURCE}: copy bandwidth (read + write) of 64 MiB (1 GiB on a GPU)",
-            "elementwise_gb_per_s": f"{SOURCE}: ReLU forward + backward of a 2048 x 512 activation into fresh "
-                                    "tensors, 3 passes of its bytes",
+            "elementwise_gb_per_s": f"{SOURCE}: a reference DLRM's dense step (MLPs {REFERENCE_BOTTOM} / "
+                                    f"{REFERENCE_TOP}, dot interaction, batch 2048) less its matmuls at the rates "
+                                    "above, over 3 passes of its activations",
             "embedding_gb_per_s": f"{SOURCE}: FBGEMM fused lookup + exact Adagrad update, "
                                   f"{EMB_TABLES} tables x {EMB_ROWS} x {EMB_DIM}, batch {EMB_BATCHES}",
             "intra_host_gb_per_s": f"{SOURCE}: all_to_all_single of 8 MiB per rank between the local ranks",

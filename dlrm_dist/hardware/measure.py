@@ -140,20 +140,45 @@ def copy_gb_per_s(device: torch.device, seconds: float) -> float:
     return 2.0 * nbytes / _time(lambda: dst.copy_(src), seconds) / 1e9
 
 
-def elementwise_gb_per_s(device: torch.device, seconds: float) -> float:
-    """An activation's elementwise traffic as the dense step makes it: forward + backward
-    of a ReLU on a 2048 x 512 fp32 activation, each op writing a freshly allocated
-    tensor (on a CPU the allocator hands back pages the kernel must fault in again,
-    which a copy into a preallocated tensor never sees). Bytes by the step-time model's
-    count: the activation written in the forward, read in the backward, and its
-    gradient written (3 passes)."""
-    x = torch.randn(2048, 512, device=device, requires_grad=True)
-    grad = torch.randn(2048, 512, device=device)
+REFERENCE_BOTTOM, REFERENCE_TOP, REFERENCE_DIM = (128, 64, 16), (256, 64, 1), 16
+"""The reference dense step of :func:`elementwise_gb_per_s`: a small DLRM's MLPs and dot
+interaction (narrower than any shipped config's, so no config is its own reference)."""
+
+
+def elementwise_gb_per_s(device: torch.device, seconds: float, gemm_by_dim: Dict[int, float],
+                         bmm_by_dim: Dict[int, float]) -> float:
+    """The rate the dense step's work other than its matmuls runs at (ReLUs, biases,
+    the interaction's concatenations and gathers, the loss, autograd's buffers), by the
+    step-time model's byte count: forward + backward of a reference DLRM's dense step at
+    batch 2048 (the pooled embeddings a leaf, as the lookup's all-to-all hands them
+    over), less its matmuls at the rates just measured (``gemm_by_dim``, ``bmm_by_dim``),
+    over 3 passes of its activations (``capacity.activation_bytes``). On a CPU a single
+    streaming op (a ReLU into a fresh tensor) ran 2-3x faster per byte than this mix."""
+    from dlrm_dist.config import ModelConfig
+    from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+    from dlrm_dist.model import build_model
+    from dlrm_dist.planner.capacity import activation_bytes
+    from dlrm_dist.planner.dense_flops import dense_gemms
+    from dlrm_dist.planner.step_time import rate_at
+
+    batch = 2048
+    cfg = ModelConfig(embedding_dim=REFERENCE_DIM, num_embeddings=2, bottom_mlp=list(REFERENCE_BOTTOM),
+                      top_mlp=list(REFERENCE_TOP), interaction="dot")
+    dlrm = build_model(cfg, device, sparse_device="cpu").model
+    dense = torch.randn(batch, NUM_DENSE_FEATURES, device=device)
+    pooled = torch.randn(batch, NUM_SPARSE_FEATURES, REFERENCE_DIM, device=device, requires_grad=True)
+    labels = torch.rand(batch, device=device)
 
     def step() -> None:
-        torch.relu(x).backward(grad)
+        logits = dlrm.over_arch(dlrm.inter_arch(dense_features=dlrm.dense_arch(dense), sparse_features=pooled))
+        torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), labels).backward()
 
-    return 3 * x.numel() * 4 / _time(step, seconds) / 1e9
+    seconds_per_step = _time(step, seconds)
+    fwd, bwd = dense_gemms(cfg)
+    gemm = sum(batch * f / (rate_at(bmm_by_dim if kind == "bmm" else gemm_by_dim, d) * 1e12)
+               for f, d, kind in (*fwd, *bwd))
+    # at least a tenth of the step: a GEMM rate measured high must not make this infinite
+    return 3 * activation_bytes(cfg, batch) / max(seconds_per_step - gemm, seconds_per_step / 10) / 1e9
 
 
 def embedding_kernel(device: torch.device, seconds: float) -> Dict[str, float]:
@@ -254,9 +279,10 @@ def process_figures(device: torch.device, seconds: float) -> Dict[str, Any]:
     tflops = {"fp32": gemm_tflops(device, torch.float32, seconds)}
     if device.type == "cuda":
         tflops["bf16"] = gemm_tflops(device, torch.bfloat16, seconds)
-    return {"peak_tflops": tflops, "gemm_tflops_by_min_dim": gemm_tflops_by_min_dim(device, seconds),
-            "bmm_tflops_by_min_dim": bmm_tflops_by_min_dim(device, seconds),
-            "hbm_gb_per_s": copy_gb_per_s(device, seconds), "elementwise_gb_per_s": elementwise_gb_per_s(device, seconds),
+    by_dim, bmm = gemm_tflops_by_min_dim(device, seconds), bmm_tflops_by_min_dim(device, seconds)
+    return {"peak_tflops": tflops, "gemm_tflops_by_min_dim": by_dim, "bmm_tflops_by_min_dim": bmm,
+            "hbm_gb_per_s": copy_gb_per_s(device, seconds),
+            "elementwise_gb_per_s": elementwise_gb_per_s(device, seconds, by_dim, bmm),
             **embedding_kernel(device, seconds)}
 
 

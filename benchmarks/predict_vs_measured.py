@@ -132,6 +132,7 @@ def two_node_cases(link_mbits: List[int], folder: Path) -> Dict[str, Any]:
                                           "start it with launchers/local_slurm.sh up --link-mbit N"}
                                          for m in link_mbits]}
     cases, skipped = [], []
+    folder = folder.resolve()  # the torchx job runs in a folder of its own
     folder.mkdir(parents=True, exist_ok=True)
     for mbit in link_mbits:
         up = subprocess.run([str(ROOT / "launchers/local_slurm.sh"), "up", "--link-mbit", str(mbit)],

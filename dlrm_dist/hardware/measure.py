@@ -33,9 +33,8 @@ _LOCKSTEP: List[Callable[[], None]] = []
 @contextlib.contextmanager
 def lockstep(barrier: Callable[[], None]) -> Iterator[None]:
     """Inside it, every timing starts with ``barrier()``: ranks measuring together time the
-    same work at the same moment, as training's ranks run it. Without it a rank timed a
-    GEMM while its neighbour was between figures (or idle at the end), and the best of
-    its repeats was the one with the cores to itself: per-rank rates 1.3x too high."""
+    same work at the same moment, as training's ranks run it (not one rank's GEMM while
+    its neighbour sits between figures, or has finished)."""
     _LOCKSTEP.append(barrier)
     try:
         yield
@@ -142,7 +141,8 @@ def copy_gb_per_s(device: torch.device, seconds: float) -> float:
 
 REFERENCE_BOTTOM, REFERENCE_TOP, REFERENCE_DIM = (128, 64, 16), (256, 64, 1), 16
 """The reference dense step of :func:`elementwise_gb_per_s`: a small DLRM's MLPs and dot
-interaction (narrower than any shipped config's, so no config is its own reference)."""
+interaction, none of the shipped configs' or the benchmarks' (no model it predicts is
+its own reference)."""
 
 
 def elementwise_gb_per_s(device: torch.device, seconds: float, gemm_by_dim: Dict[int, float],
@@ -152,8 +152,8 @@ def elementwise_gb_per_s(device: torch.device, seconds: float, gemm_by_dim: Dict
     step-time model's byte count: forward + backward of a reference DLRM's dense step at
     batch 2048 (the pooled embeddings a leaf, as the lookup's all-to-all hands them
     over), less its matmuls at the rates just measured (``gemm_by_dim``, ``bmm_by_dim``),
-    over 3 passes of its activations (``capacity.activation_bytes``). On a CPU a single
-    streaming op (a ReLU into a fresh tensor) ran 2-3x faster per byte than this mix."""
+    over 3 passes of its activations (``capacity.activation_bytes``): the byte count the
+    model charges at this rate, so the two are defined together."""
     from dlrm_dist.config import ModelConfig
     from dlrm_dist.core.criteo import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
     from dlrm_dist.model import build_model

@@ -8,8 +8,8 @@ way the benchmarks measure it (``benchmarks/ceiling.py``: ``torch.utils.benchmar
 timers, a copy of 64 MiB for the memory bandwidth; ``benchmarks/comm.py``: windows
 of collective calls, the slowest rank's median), first in one process with every
 core, then in ``--ranks`` processes at once (they share cores, caches and memory
-as training's ranks do; each gets cores / ranks threads, as ``dist.num_threads=0``
-gives them):
+as training's ranks do; each gets the threads training would give it: OMP_NUM_THREADS,
+else cores / ranks, as ``dist.num_threads=0`` does):
 
 * the dense matmul rate: forward + backward of three 512 x 512 linear layers at
   batch 2048 (FLOPs counted by ``FlopCounterMode``), fp32 (and bf16 on a GPU); by a
@@ -73,8 +73,11 @@ def _groups(world: int, local: int) -> tuple:
 def rank_figures(world: int, local: int, device: torch.device, seconds: float) -> Optional[Dict[str, Any]]:
     """Run on every rank at once (process group initialised): per-rank figures with the
     machine shared as in training, then the links. Rank 0 returns the result."""
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    if device.type == "cpu":  # as training sets them: OMP_NUM_THREADS, else the cores / local ranks
+        from dlrm_dist.config import DistConfig
+        from dlrm_dist.training.distributed import cpu_threads
+
+        torch.set_num_threads(cpu_threads(DistConfig(), local))
     with lockstep(dist.barrier):
         mine = process_figures(device, seconds)
     figs: List[Dict[str, Any]] = [{} for _ in range(world)]

@@ -166,10 +166,10 @@ def _framework_cost(prof: HardwareProfile, tiny: Dict[str, Any], world: int, loc
     from dlrm_dist.planner.traffic import Topo
 
     residual = {}
+    dense = dense_parameter_count(build_model(minimal_config(TINY_BATCHES[0]).model, torch.device("cpu"), "meta"))
     for b in TINY_BATCHES:
         cfg = minimal_config(b)
         tables = pf.layout_from_table(cfg, tiny["tiny_plan"][str(b)])
-        dense = dense_parameter_count(build_model(cfg.model, torch.device("cpu"), "meta"))
         model_ms = pf.performance(cfg, tables, Topo(world, local), dense, prof, "fp32", "criteo_kaggle").step_ms
         residual[b] = tiny["tiny_step_s"][str(b)] * 1000 - model_ms
     (b0, r0), (b1, r1) = sorted(residual.items())

@@ -159,7 +159,7 @@ def elementwise_gb_per_s(device: torch.device, seconds: float, gemm_by_dim: Dict
     from dlrm_dist.model import build_model
     from dlrm_dist.planner.capacity import activation_bytes
     from dlrm_dist.planner.dense_flops import dense_gemms
-    from dlrm_dist.planner.step_time import rate_at
+    from dlrm_dist.planner.step_time import matmul_seconds
 
     batch = 2048
     cfg = ModelConfig(embedding_dim=REFERENCE_DIM, num_embeddings=2, bottom_mlp=list(REFERENCE_BOTTOM),
@@ -175,8 +175,7 @@ def elementwise_gb_per_s(device: torch.device, seconds: float, gemm_by_dim: Dict
 
     seconds_per_step = _time(step, seconds)
     fwd, bwd = dense_gemms(cfg)
-    gemm = sum(batch * f / (rate_at(bmm_by_dim if kind == "bmm" else gemm_by_dim, d) * 1e12)
-               for f, d, kind in (*fwd, *bwd))
+    gemm = matmul_seconds((*fwd, *bwd), batch, gemm_by_dim, bmm_by_dim)
     # at least a tenth of the step: a GEMM rate measured high must not make this infinite
     return 3 * activation_bytes(cfg, batch) / max(seconds_per_step - gemm, seconds_per_step / 10) / 1e9
 

@@ -179,8 +179,14 @@ def gemm_seconds(inp: StepInputs, profile: HardwareProfile, dtype: str) -> float
     by_dim = profile.gemm_tflops_by_min_dim
     if not (by_dim and dtype == "fp32" and inp.gemms):
         return inp.batch * (inp.flops_fwd_per_sample + inp.flops_bwd_per_sample) / (profile.dense_tflops(dtype) * 1e12)
-    bmm = profile.bmm_tflops_by_min_dim or by_dim
-    return sum(inp.batch * f / (rate_at(bmm if kind == "bmm" else by_dim, d) * 1e12) for f, d, kind in inp.gemms)
+    return matmul_seconds(inp.gemms, inp.batch, by_dim, profile.bmm_tflops_by_min_dim or by_dim)
+
+
+def matmul_seconds(gemms: Sequence[Tuple[float, int, str]], batch: int, by_dim: Dict[int, float],
+                   bmm_by_dim: Dict[int, float]) -> float:
+    """Seconds of ``gemms`` ((FLOPs per sample, smallest weight-side dimension, mm | bmm))
+    at ``batch``, each at its measured rate (TFLOPS) by dimension (:func:`rate_at`)."""
+    return sum(batch * f / (rate_at(bmm_by_dim if kind == "bmm" else by_dim, d) * 1e12) for f, d, kind in gemms)
 
 
 def rate_at(by_dim: Dict[int, float], d: int) -> float:

@@ -163,11 +163,14 @@ def _torchx_slurm(args: List[str], cwd: Optional[str] = None) -> None:
                        cwd=cwd or work, env=env, check=True, capture_output=True)
 
 
+SLURM_BATCH = 2048
+
+
 def _slurm_case(mbit: int) -> Dict[str, Any]:
     """One 2x1 training job on the Slurm cluster (torchx), its summary as a measured case."""
     with tempfile.TemporaryDirectory(prefix="pvm-slurm-") as work:
         run_dir = Path(work) / "run"
-        overrides = ["train.batch_size=2048", "train.max_steps=30", "data.train_samples=122880",
+        overrides = [f"train.batch_size={SLURM_BATCH}", "train.max_steps=30", "data.train_samples=122880",
                      "metrics.progress_bar=false", "train.eval_every=0"]
         _torchx_slurm(["-m", "dlrm_dist.train", "--", "--config", str(CONFIG), "--run-dir", str(run_dir), *overrides],
                       cwd=work)
@@ -178,9 +181,9 @@ def _slurm_case(mbit: int) -> Dict[str, Any]:
     # first all-to-alls and the pipeline's fill are behind) to the last
     t = {e["step"]: e["time"] for e in events if e.get("event") == "train"}
     steps = sorted(t)
-    rate = (2048 * (steps[-1] - steps[0]) / (t[steps[-1]] - t[steps[0]]) if len(steps) >= 2
+    rate = (SLURM_BATCH * (steps[-1] - steps[0]) / (t[steps[-1]] - t[steps[0]]) if len(steps) >= 2
             else s["samples_per_s_per_rank"])
-    return {"name": f"2x1-slurm-{mbit}mbit", "nproc": 2, "nodes": 2, "link_mbit": mbit, "batch_size": 2048,
+    return {"name": f"2x1-slurm-{mbit}mbit", "nproc": 2, "nodes": 2, "link_mbit": mbit, "batch_size": SLURM_BATCH,
             "pipeline": "sparse_dist", "sharding_type": "", "overrides": [],
             "samples_per_s_per_rank": {"median": rate, "whole_run": s["samples_per_s_per_rank"],
                                        "from_step": steps[0] if steps else None}, "plan": plan}

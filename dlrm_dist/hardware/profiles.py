@@ -67,8 +67,9 @@ class HardwareProfile:
     bmm_tflops_by_min_dim: Dict[int, float] = field(default_factory=dict)
     """The same for batched per-sample products (the dot interaction's bmm); empty: as above."""
     elementwise_gb_per_s: Optional[float] = None
-    """Activations' elementwise traffic (ReLU forward + backward into fresh tensors) by
-    the model's byte count; None: the memory bandwidth x the memory efficiency."""
+    """The dense step's work beside its matmuls, per byte of the model's activation count
+    (calibrate: a reference DLRM's dense step less its matmuls); None: the memory
+    bandwidth x the memory efficiency."""
     embedding_gb_per_s: Optional[float] = None
     """The fused embedding kernel's measured bandwidth (by the model's byte count);
     None: the memory bandwidth x the memory efficiency (datasheet profiles)."""

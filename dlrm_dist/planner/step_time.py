@@ -5,8 +5,9 @@ for it):
 
 * ``dense_compute``: the MLPs' and the interaction's FLOPs, forward and backward,
   counted from the model by ``FlopCounterMode`` (not typed in), at the profile's
-  rate for the dtype; plus the activations' elementwise traffic and the dense
-  optimizer's update at the memory bandwidth.
+  rate for the dtype; plus the activations' elementwise traffic (at the profile's
+  measured rate for the dense step's non-matmul work, else the memory bandwidth) and
+  the dense optimizer's update at the memory bandwidth.
 * ``embedding_lookup`` / ``embedding_backward_update``: bytes per shard
   (``traffic.embedding_bytes``: rows x dim x bytes, pooling factors, optimizer
   state) at the bandwidth of the shard's memory tier, which TorchRec's own
